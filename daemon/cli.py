@@ -1,0 +1,242 @@
+"""The ``phishgate`` command.
+
+Training commands are imported lazily: the daemon never loads the training
+code (DESIGN.md's dependency rule), and ``phishgate scan`` starts faster.
+Exit status: 0 success, 1 some items failed, 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .model import Model, ModelError
+from .scanner import Scanner
+from .sources import iter_messages
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+def _version() -> str:
+    try:
+        return metadata.version("phishgate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phishgate", description="Phishing filter for Postfix."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"phishgate {_version()}"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_scan(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_probe(sub)
+    return parser
+
+
+def _add_scan(sub: Any) -> None:
+    p = sub.add_parser("scan", help="score messages and print verdicts")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="file, -, directory, Maildir, mbox[.gz], tar[.gz]",
+    )
+    p.add_argument(
+        "--model", metavar="DIR", help="model directory (default: the bundled model)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_scan)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model from labelled corpora")
+    p.add_argument(
+        "--corpus",
+        action="append",
+        required=True,
+        metavar="PATH:LABEL",
+        help="training corpus (repeatable)",
+    )
+    p.add_argument(
+        "--test",
+        action="append",
+        default=[],
+        metavar="PATH:LABEL",
+        help="held-out test corpus (repeatable)",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="model directory to write"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=250, help="boosting rounds (default 250)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument(
+        "--augment-html",
+        type=float,
+        default=0.4,
+        metavar="SHARE",
+        help="share of plain-text ham given an HTML twin (default 0.4)",
+    )
+    p.add_argument(
+        "--no-threshold-folds",
+        action="store_true",
+        help="skip leave-one-source-out threshold selection",
+    )
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model on labelled corpora")
+    p.add_argument(
+        "--model", metavar="DIR", help="model directory (default: the bundled model)"
+    )
+    p.add_argument("--corpus", action="append", required=True, metavar="PATH:LABEL")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_probe(sub: Any) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="check that features do not reveal which corpus a message came from",
+    )
+    p.add_argument(
+        "--corpus",
+        action="append",
+        required=True,
+        metavar="PATH:GROUP",
+        help="ham corpus and its era group (repeatable)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except ModelError as exc:
+        print(f"phishgate: model: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"phishgate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    scanner = Scanner(Model.load(args.model))
+    failed = 0
+    for path in args.paths:
+        for item in iter_messages(path):
+            if item.raw is None:
+                failed += 1
+                _print_scan_error(
+                    item.source, item.member, item.error or "unreadable", args.json
+                )
+                continue
+            try:
+                result = scanner.scan(item.raw)
+            except Exception as exc:  # one bad item must not stop the scan
+                logging.getLogger(__name__).debug("scan failed", exc_info=True)
+                failed += 1
+                _print_scan_error(
+                    item.source, item.member, f"scan failed: {exc}", args.json
+                )
+                continue
+            _print_scan(item.source, item.member, result, args.json)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _print_scan(source: str, member: str | None, result: Any, as_json: bool) -> None:
+    verdict = result.verdict
+    if as_json:
+        record = {
+            "source": source,
+            "member": member,
+            "message_id": result.message_id or None,
+            "ham": round(verdict.ham, 6),
+            "spam": round(verdict.spam, 6),
+            "phish": round(verdict.phish, 6),
+            "label": verdict.label,
+            "action": result.action,
+            "reasons": list(verdict.reasons),
+            "model_version": verdict.model_version,
+            "scan_ms": round(result.scan_s * 1000, 3),
+            "limits_hit": sorted(result.limits_hit),
+        }
+        print(json.dumps(record, ensure_ascii=False), flush=False)
+        return
+    name = source if member is None else f"{source}:{member}"
+    reasons = "; ".join(verdict.reasons[:3]) or "no phishing signs"
+    print(
+        f"{name}: {verdict.label} phish={verdict.phish:.3f} action={result.action} - {reasons}"
+    )
+
+
+def _print_scan_error(
+    source: str, member: str | None, error: str, as_json: bool
+) -> None:
+    if as_json:
+        print(json.dumps({"source": source, "member": member, "error": error}))
+    else:
+        name = source if member is None else f"{source}:{member}"
+        print(f"phishgate: {name}: {error}", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from phishgate.training.dataset import parse_corpus_spec
+    from phishgate.training.report import print_training_report
+    from phishgate.training.train import SEED, TrainConfig, train_and_write
+
+    train_specs = [parse_corpus_spec(c) for c in args.corpus]
+    test_specs = [parse_corpus_spec(c) for c in args.test]
+    config = TrainConfig(
+        rounds=args.rounds,
+        seed=SEED if args.seed is None else args.seed,
+        augment_html=args.augment_html,
+        choose_thresholds=not args.no_threshold_folds,
+    )
+    meta = train_and_write(train_specs, test_specs, Path(args.out), config)
+    print_training_report(meta, Path(args.out))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from phishgate.training.dataset import parse_corpus_spec
+    from phishgate.training.report import evaluate_model
+
+    specs = [parse_corpus_spec(c) for c in args.corpus]
+    return evaluate_model(Model.load(args.model), specs, as_json=args.json)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from phishgate.training.probe import run_probe
+
+    return run_probe(args.corpus, as_json=args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Remove what the receiving side added, before any feature is computed.
+
+A message as stored by a mailbox or an archive carries the marks of the site
+that received it: its own ``Received`` and ``Delivered-To`` lines, its spam
+filter's ``X-*`` verdicts, the mbox ``From`` line, mailing-list headers and
+footers. A model that sees them learns *where* a message was collected, not
+whether it is phishing, and those marks differ on every site phishgate runs.
+Features are therefore computed only from what the sender wrote, and this
+module is shared by serving and training so both see the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["SENDER_X_HEADERS", "strip_list_footers", "strip_site_headers"]
+
+# X- headers a sender's own client or webmail writes; every other X- header
+# is treated as added by a receiving site (spam verdicts, archive ids).
+SENDER_X_HEADERS = frozenset(
+    {b"x-mailer", b"x-priority", b"x-msmail-priority", b"x-mimeole"}
+)
+
+# Headers a receiving MTA, mailbox or mailing-list manager adds.
+_SITE_HEADERS = frozenset(
+    {
+        b"received",
+        b"delivered-to",
+        b"x-original-to",
+        b"authentication-results",
+        b"received-spf",
+        b"return-receipt-to",
+        b"precedence",
+        b"errors-to",
+        b"mailing-list",
+        b"sender",
+        b"status",
+        b"content-length",
+        b"lines",
+        b"approved",
+        b"envelope-to",
+        b"x-envelope-to",
+        b"resent-to",
+        b"resent-from",
+        b"resent-date",
+        b"resent-message-id",
+    }
+)
+_SITE_PREFIXES = (b"list-", b"arc-")
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def strip_site_headers(raw: bytes) -> tuple[bytes, list[str]]:
+    """Drop the mbox line and receiving-site headers from the header block.
+
+    Returns the stripped message and the ``Authentication-Results`` values,
+    which the caller may trust for configured ``authserv-id``s only.
+    """
+    match = _HEADER_END.search(raw)
+    head, body = (
+        (raw, b"") if match is None else (raw[: match.start()], raw[match.start() :])
+    )
+    lines = head.split(b"\n")
+    if lines and lines[0].startswith(b"From "):
+        lines = lines[1:]
+    kept: list[bytes] = []
+    auth: list[bytes] = []
+    keep = in_auth = True
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                kept.append(line)
+            elif in_auth:
+                auth[-1] += b" " + line.strip()
+            continue
+        keep = _keep_header(line)
+        in_auth = not keep and _is_auth(line)
+        if keep:
+            kept.append(line)
+        elif in_auth:
+            auth.append(line.strip())
+    results = [a.split(b":", 1)[1].decode("utf-8", "replace").strip() for a in auth]
+    return b"\n".join(kept) + body, results
+
+
+def _is_auth(line: bytes) -> bool:
+    return line[:23].lower() == b"authentication-results:"
+
+
+def _keep_header(line: bytes) -> bool:
+    colon = line.find(b":")
+    if colon <= 0:
+        return True
+    name = line[:colon].strip().lower()
+    if name in _SITE_HEADERS or name.startswith(_SITE_PREFIXES):
+        return False
+    if name.startswith(b"x-"):
+        return name in SENDER_X_HEADERS
+    return True
+
+
+# Footers that a mailing-list manager appends to every post.
+_FOOTERS = (
+    re.compile(
+        r"--\s*\n\s*You received this message because you are subscribed to the"
+        r" Google Groups.*",
+        re.S,
+    ),
+    re.compile(r"You received this message because you are subscribed to.*", re.S),
+    re.compile(r"_{20,}\s*\n[^\n]*mailing list\s*\n.*", re.S | re.I),
+)
+
+
+def strip_list_footers(text: str) -> str:
+    """Remove mailing-list footers (Google Groups, Mailman) from body text."""
+    for pattern in _FOOTERS:
+        text = pattern.sub("", text)
+    return text

@@ -1,0 +1,341 @@
+"""Train a model, choose its thresholds on unseen sources, evaluate, write it.
+
+Validation follows the corpora's traps: thresholds are chosen on ham from
+sources left out of training (leave-one-source-out), because ham from a
+source the model has seen scores far lower than ham from a new one; the
+test part is whatever the caller holds out (by time for phish, by whole
+source for ham and spam), deduplicated against the training part.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from phishgate.daemon.features import FEATURE_NAMES, SCHEMA_VERSION
+from phishgate.daemon.model import CLASSES, META_FILE, MODEL_FILE, PHISH, file_sha256
+
+from .dataset import CorpusSpec, Dataset, load_corpora
+from .metrics import evaluate_scores, threshold_at_fpr
+
+__all__ = ["TrainConfig", "fit", "train_and_write"]
+
+log = logging.getLogger(__name__)
+
+SEED = 20261203
+PARAMS: dict[str, Any] = {
+    "objective": "multiclass",
+    "num_class": len(CLASSES),
+    "learning_rate": 0.06,
+    "num_leaves": 31,
+    "min_data_in_leaf": 20,
+    "feature_fraction": 0.5,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "max_bin": 63,
+    "deterministic": True,
+    "force_row_wise": True,
+    "verbosity": -1,
+}
+TAG_FPR = 0.01
+QUARANTINE_FPR = 0.001
+MIN_FOLD_HAM = 100
+
+# What each public corpus may be used for, by file-name prefix.
+LICENCES = {
+    "phish-phishingpot": "CC BY-NC 4.0 (Phishing Pot by rf-peixoto): non-commercial use only",
+    "phish-nazario": "Jose Nazario phishing corpus; reported CC BY 4.0 (unverified)",
+    "ham-spamassassin": "SpamAssassin public corpus; copyright with the senders",
+    "spam-spamassassin": "SpamAssassin public corpus; copyright with the senders",
+    "ham-trec07p": "TREC 2007 public spam corpus; research use",
+    "spam-trec07p": "TREC 2007 public spam corpus; research use",
+    "ham-lore": "public mailing-list archive (public-inbox); copyright with the authors",
+}
+
+
+@dataclass
+class TrainConfig:
+    """How to train; the defaults are what the bundled model used."""
+
+    rounds: int = 250
+    seed: int = SEED
+    augment_html: float = 0.4
+    threads: int = 0
+    choose_thresholds: bool = True
+    params: dict[str, Any] = field(default_factory=lambda: dict(PARAMS))
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def class_weights(y: np.ndarray) -> np.ndarray:
+    """Balanced class weights, so the rarer classes count as much."""
+    counts = np.bincount(y, minlength=len(CLASSES)).astype(np.float64)
+    per_class = len(y) / (len(CLASSES) * np.maximum(counts, 1.0))
+    return np.asarray(per_class[y], dtype=np.float64)
+
+
+def fit(ds: Dataset, config: TrainConfig, label: str = "model") -> lgb.Booster:
+    """Fit one booster on *ds* with progress every 50 rounds."""
+    params = dict(config.params, seed=config.seed, num_threads=config.threads)
+    train_set = lgb.Dataset(
+        ds.X,
+        label=ds.y,
+        weight=class_weights(ds.y),
+        feature_name=list(FEATURE_NAMES),
+        free_raw_data=True,
+    )
+    start = time.monotonic()
+
+    def progress(env: lgb.callback.CallbackEnv) -> None:
+        done = env.iteration + 1
+        if done % 50 == 0 or done == config.rounds:
+            _say(
+                f"  {label}: round {done}/{config.rounds}, {time.monotonic() - start:.0f} s"
+            )
+
+    return lgb.train(
+        params, train_set, num_boost_round=config.rounds, callbacks=[progress]
+    )
+
+
+def leave_source_out(ds: Dataset, config: TrainConfig) -> dict[str, Any]:
+    """Score each ham source with a model that never saw it."""
+    ham = CLASSES.index("ham")
+    sources = sorted({s for s, y in zip(ds.source, ds.y, strict=True) if y == ham})
+    oof: list[np.ndarray] = []
+    per_source = {}
+    for source in sources:
+        held = np.array([s == source for s in ds.source])
+        if held.sum() < MIN_FOLD_HAM:
+            continue
+        fold_config = TrainConfig(**{**config.__dict__, "rounds": config.rounds})
+        booster = fit(ds.subset(~held), fold_config, label=f"fold {Path(source).name}")
+        scores = np.asarray(booster.predict(ds.X[held], num_threads=config.threads))[
+            :, PHISH
+        ]
+        oof.append(scores)
+        per_source[Path(source).name] = {
+            "n": int(held.sum()),
+            "fpr_at_0.5": round(float(np.mean(scores >= 0.5)), 5),
+            "p99_score": round(float(np.quantile(scores, 0.99)), 5),
+        }
+    scores = np.concatenate(oof) if oof else np.zeros(0)
+    return {"ham_scores": scores, "per_source": per_source}
+
+
+def pick_thresholds(oof_ham: np.ndarray) -> dict[str, float]:
+    """Tag at 1 % and quarantine at 0.1 % ham false positives; reject above all ham."""
+    if len(oof_ham) == 0:
+        return {"tag": 0.5, "quarantine": 0.9, "reject": 0.99}
+    tag = threshold_at_fpr(oof_ham, TAG_FPR)
+    quarantine = max(tag, threshold_at_fpr(oof_ham, QUARANTINE_FPR))
+    reject = min(0.999, max(quarantine, threshold_at_fpr(oof_ham, 0.0)))
+    return {
+        "tag": round(tag, 6),
+        "quarantine": round(quarantine, 6),
+        "reject": round(reject, 6),
+    }
+
+
+def top_features(booster: lgb.Booster, n: int = 25) -> list[dict[str, Any]]:
+    """Features by total gain, hashed text features grouped by family."""
+    gains = booster.feature_importance(importance_type="gain")
+    grouped: dict[str, float] = {}
+    for name, gain in zip(FEATURE_NAMES, gains, strict=True):
+        family = (
+            name.split("_", 1)[0] + "_*"
+            if name.startswith(("word_", "bigram_", "char_"))
+            else name
+        )
+        grouped[family] = grouped.get(family, 0.0) + float(gain)
+    total = sum(grouped.values()) or 1.0
+    ranked = sorted(grouped.items(), key=lambda kv: -kv[1])[:n]
+    return [{"feature": k, "gain_share": round(v / total, 4)} for k, v in ranked]
+
+
+def reference_distributions(
+    booster: lgb.Booster, X: np.ndarray, phish_scores: np.ndarray
+) -> dict[str, Any]:
+    """Binned distributions of the score and of the top features, for drift (PSI)."""
+    score_edges = [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0]
+    hist, _ = np.histogram(phish_scores, bins=score_edges)
+    features = {}
+    gains = booster.feature_importance(importance_type="gain")
+    for index in np.argsort(-gains)[:10]:
+        column = X[:, index]
+        edges = np.unique(np.quantile(column, np.linspace(0, 1, 11)))
+        if len(edges) < 2:
+            continue
+        counts, _ = np.histogram(column, bins=edges)
+        features[FEATURE_NAMES[index]] = {
+            "edges": [float(e) for e in edges],
+            "shares": [round(float(c) / max(1, len(column)), 5) for c in counts],
+        }
+    return {
+        "score": {
+            "edges": score_edges,
+            "shares": [round(float(c) / max(1, len(phish_scores)), 5) for c in hist],
+        },
+        "features": features,
+    }
+
+
+def _licence(path: str) -> str:
+    name = Path(path).name
+    return next(
+        (v for k, v in LICENCES.items() if name.startswith(k)),
+        "unknown: check the source",
+    )
+
+
+def _sources_summary(ds: Dataset, labels: dict[str, str]) -> list[dict[str, Any]]:
+    summary = []
+    for path, counts in ds.stats.items():
+        summary.append(
+            {
+                "file": Path(path).name,
+                "label": labels.get(path, "?"),
+                "messages_read": counts["read"],
+                "duplicates_dropped": counts["duplicate"],
+                "unreadable": counts["error"],
+                "used": sum(1 for s in ds.source if s == path),
+                "licence": _licence(path),
+            }
+        )
+    return summary
+
+
+def _baseline_score(ds: Dataset) -> np.ndarray:
+    return ds.has_html.astype(np.float64)
+
+
+def write_model_dir(out: Path, booster: lgb.Booster, meta: dict[str, Any]) -> None:
+    """Write model.txt and meta.json under a temp name, then rename into place."""
+    out = out.resolve()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    booster.save_model(str(tmp / MODEL_FILE))
+    meta["model_sha256"] = file_sha256(tmp / MODEL_FILE)
+    digest = meta["model_sha256"][:8]
+    meta["version"] = (
+        meta.get("version") or f"{meta['created'].replace(':', '-')}-{digest}"
+    )
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def train_and_write(
+    train_specs: list[CorpusSpec],
+    test_specs: list[CorpusSpec],
+    out: Path,
+    config: TrainConfig,
+    progress: Callable[[str], None] = _say,
+) -> dict[str, Any]:
+    """The whole ``phishgate train`` run; returns the metadata written."""
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    seen: tuple[set[bytes], set[bytes]] = (set(), set())
+    progress("reading and featurising training corpora")
+    train = load_corpora(train_specs, augment_html=config.augment_html, seen=seen)
+    test = load_corpora(test_specs, seen=seen) if test_specs else None
+    timings["read_and_features_s"] = time.monotonic() - t0
+    progress(
+        f"training set: {_counts(train)}; test set: {_counts(test) if test else 'none'}"
+    )
+
+    t1 = time.monotonic()
+    validation: dict[str, Any] = {}
+    thresholds = {"tag": 0.5, "quarantine": 0.9, "reject": 0.99}
+    if config.choose_thresholds:
+        progress(
+            "leave-one-source-out folds over the training ham, to choose thresholds"
+        )
+        loso = leave_source_out(train, config)
+        thresholds = pick_thresholds(loso["ham_scores"])
+        validation = {
+            "leave_one_source_out_ham": loso["per_source"],
+            "oof_ham_n": int(len(loso["ham_scores"])),
+        }
+    timings["threshold_folds_s"] = time.monotonic() - t1
+
+    t2 = time.monotonic()
+    progress("training the final model")
+    booster = fit(train, config, label="final")
+    timings["final_fit_s"] = time.monotonic() - t2
+
+    t3 = time.monotonic()
+    evaluation = None
+    reference_X, reference_scores = (
+        train.X,
+        np.asarray(booster.predict(train.X))[:, PHISH],
+    )
+    if test is not None and len(test.y):
+        probs = np.asarray(booster.predict(test.X))
+        evaluation = evaluate_scores(
+            test.y, probs, thresholds, test.has_html, _baseline_score(test)
+        )
+        evaluation["sources"] = _sources_summary(
+            test, {s.path: s.label for s in test_specs}
+        )
+        reference_X, reference_scores = test.X, probs[:, PHISH]
+    timings["evaluation_s"] = time.monotonic() - t3
+    timings["total_s"] = time.monotonic() - t0
+
+    meta = {
+        "version": "",
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "schema_version": SCHEMA_VERSION,
+        "classes": list(CLASSES),
+        "n_features": len(FEATURE_NAMES),
+        "thresholds": thresholds,
+        "threshold_policy": {
+            "tag": f"ham false-positive rate <= {TAG_FPR:.1%} on left-out ham sources",
+            "quarantine": f"ham false-positive rate <= {QUARANTINE_FPR:.1%} on left-out ham sources",
+            "reject": "above every left-out ham score (at most 0.999)",
+        },
+        "training": {
+            "sources": _sources_summary(train, {s.path: s.label for s in train_specs}),
+            "n": {name: int(np.sum(train.y == k)) for k, name in enumerate(CLASSES)},
+            "augment_html_share": config.augment_html,
+            "rounds": config.rounds,
+            "seed": config.seed,
+            "params": config.params,
+        },
+        "validation": validation,
+        "evaluation": evaluation,
+        "top_features": top_features(booster),
+        "reference": reference_distributions(booster, reference_X, reference_scores),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+    }
+    write_model_dir(out, booster, meta)
+    return meta
+
+
+def _counts(ds: Dataset | None) -> str:
+    if ds is None:
+        return "none"
+    return ", ".join(
+        f"{name} {int(np.sum(ds.y == k))}" for k, name in enumerate(CLASSES)
+    )
