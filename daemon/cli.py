@@ -41,11 +41,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_check_config(sub)
+    _add_log(sub)
     _add_scan(sub)
     _add_train(sub)
     _add_evaluate(sub)
     _add_probe(sub)
     return parser
+
+
+def _add_config_option(p: Any) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default /etc/phishgate/phishgate.toml if it exists)",
+    )
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the daemon (milter and metrics)")
+    _add_config_option(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_check_config(sub: Any) -> None:
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    _add_config_option(p)
+    p.set_defaults(func=cmd_check_config)
+
+
+def _add_log(sub: Any) -> None:
+    p = sub.add_parser("log", help="show recent verdicts")
+    _add_config_option(p)
+    p.add_argument("--since", metavar="WHEN", help="e.g. 1h, 30m, 2d, or an ISO time")
+    p.add_argument("--action", choices=["accept", "tag", "quarantine", "reject", "tempfail"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_log)
 
 
 def _add_scan(sub: Any) -> None:
@@ -144,6 +178,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import run
+
+    return run(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    path = args.file or args.config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"phishgate: config: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    print(f"{config.source}: OK")
+    return EXIT_OK
+
+
+def _parse_since(text: str) -> float:
+    import datetime as dt
+    import re
+    import time
+
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return time.time() - int(match.group(1)) * unit
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--since: not a duration or ISO time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .verdictlog import DB_NAME, read_verdicts
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"phishgate: config: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    since = _parse_since(args.since) if args.since else None
+    rows = read_verdicts(config.state_dir / DB_NAME, since, args.action, args.limit)
+    for row in rows:
+        if args.json:
+            row.setdefault("label", None)
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            phish = "-" if row["phish"] is None else f"{row['phish']:.3f}"
+            reasons = "; ".join(row["reasons"][:3])
+            print(
+                f"{row['time_iso']} {row['queue_id'] or '-'} {row['action']:<10} "
+                f"phish={phish} {row['message_id'] or '-'} {reasons}"
+            )
+    return EXIT_OK
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

@@ -87,7 +87,9 @@ def _scan_forms(tree: HTMLParser, info: HtmlInfo) -> None:
         action = (form.attributes.get("action") or "").strip()
         if action:
             info.form_actions.append(action)
-    info.n_password += len(tree.css("input[type=password], input[type=PASSWORD]"))
+    for node in tree.css("input"):
+        if (node.attributes.get("type") or "").strip().lower() == "password":
+            info.n_password += 1
 
 
 def _scan_media(tree: HTMLParser, info: HtmlInfo) -> None:

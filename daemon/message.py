@@ -152,24 +152,42 @@ def parse_message(
     envelope_from: str = "",
 ) -> ParsedMessage:
     """Parse *raw* into a :class:`ParsedMessage`; never raises."""
-    parsed = ParsedMessage(size=len(raw), envelope_from=envelope_from)
+    parsed = ParsedMessage(envelope_from=envelope_from)
+    raw, parsed.auth_results = strip_site_headers(raw)
+    parsed.size = len(raw)
     if len(raw) > limits.max_bytes:
         raw = raw[: limits.max_bytes]
         parsed.limits_hit.add("size")
-    raw, parsed.auth_results = strip_site_headers(raw)
     head_end = raw.find(b"\n\n")
     head = raw if head_end < 0 else raw[:head_end]
-    parsed.raw_header_non_ascii = any(b > 127 for b in head)
-    try:
-        msg = email.message_from_bytes(raw, policy=compat32)
-    except Exception:  # the stdlib parser has no closed set of errors
-        parsed.defects.add("unparseable")
+    parsed.raw_header_non_ascii = not head.isascii()
+    msg = _parse_bytes(raw, limits, parsed)
+    if msg is None:
         return parsed
     try:
         _Walker(parsed, limits).walk_root(msg)
     except Exception:  # last line of defence: a verdict on what was read
         parsed.defects.add("parser_error")
     return parsed
+
+
+_BOUNDARY = re.compile(rb"boundary\s*=", re.I)
+
+
+def _parse_bytes(raw: bytes, limits: Limits, parsed: ParsedMessage) -> Message | None:
+    """The stdlib parse, cut short before nesting deep enough to recurse away."""
+    starts = [m.start() for m in _BOUNDARY.finditer(raw, 0, len(raw))][: limits.max_depth * 4 + 2]
+    if len(starts) > limits.max_depth * 4 + 1:
+        raw = raw[: starts[-1]]
+        parsed.limits_hit.add("depth")
+    try:
+        return email.message_from_bytes(raw, policy=compat32)
+    except RecursionError:
+        parsed.limits_hit.add("depth")
+    except Exception:  # the stdlib parser has no closed set of errors
+        pass
+    parsed.defects.add("unparseable")
+    return None
 
 
 class _Walker:
@@ -201,10 +219,10 @@ class _Walker:
         for defect in getattr(part, "defects", ()):
             parsed.defects.add(type(defect).__name__)
         ctype = _content_type(part)
-        if part.is_multipart():
-            self._walk_children(part, depth)
-        elif ctype == "message/rfc822":
+        if ctype == "message/rfc822":
             self._walk_nested_message(part, depth)
+        elif part.is_multipart():
+            self._walk_children(part, depth)
         else:
             self._leaf(part, ctype)
 

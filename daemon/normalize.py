@@ -110,10 +110,16 @@ _FOOTERS = (
     re.compile(r"You received this message because you are subscribed to.*", re.S),
     re.compile(r"_{20,}\s*\n[^\n]*mailing list\s*\n.*", re.S | re.I),
 )
+# The same footers quoted in a reply ("> Cake mailing list").
+_QUOTED_FOOTER = re.compile(
+    r"^(?:>\s?)+_{20,}\s*\n(?:>\s?)+[^\n]*mailing list\s*\n(?:(?:>\s?)+[^\n]*\n?){0,3}",
+    re.M | re.I,
+)
 
 
 def strip_list_footers(text: str) -> str:
     """Remove mailing-list footers (Google Groups, Mailman) from body text."""
+    text = _QUOTED_FOOTER.sub("", text)
     for pattern in _FOOTERS:
         text = pattern.sub("", text)
     return text

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .features import FeatureExtractor, Features
 from .message import DEFAULT_LIMITS, Limits, ParsedMessage, parse_message
-from .model import Model, Verdict
+from .model import Model, Thresholds, Verdict
 
 __all__ = ["ScanResult", "Scanner"]
 
@@ -26,6 +26,7 @@ class ScanResult:
     subject: str
     from_header: str
     limits_hit: frozenset[str]
+    thresholds: Thresholds
     parse_s: float
     features_s: float
     model_s: float
@@ -67,6 +68,7 @@ class Scanner:
             subject=parsed.subject,
             from_header=parsed.header("from"),
             limits_hit=frozenset(parsed.limits_hit),
+            thresholds=self.model.thresholds,
             parse_s=t1 - t0,
             features_s=t2 - t1,
             model_s=t3 - t2,

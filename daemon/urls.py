@@ -110,7 +110,7 @@ def url_info(url: str) -> UrlInfo | None:
         is_ip=_is_ip(host),
         is_punycode="xn--" in host,
         mixed_script=_mixed_script(unicode_host),
-        has_at="@" in parts.netloc or "@" in unquote(parts.path)[:200],
+        has_at="@" in parts.netloc,
         n_subdomains=max(0, host.count(".") - domain.count(".")),
         path_len=len(parts.path) + len(parts.query),
         unicode_host=unicode_host,
@@ -170,9 +170,10 @@ def lookalike_of(domain: str, targets: frozenset[str]) -> str:
     """Name the target whose label *domain* imitates without being it."""
     if not domain or domain in targets:
         return ""
-    label = _to_unicode(domain).split(".", 1)[0]
+    label, _, suffix = _to_unicode(domain).partition(".")
     shape = skeleton(label)
-    for target in targets:
+    # the same suffix first, then a stable order, so the answer never varies
+    for target in sorted(targets, key=lambda t: (not t.endswith("." + suffix), t)):
         target_label = target.split(".", 1)[0]
         if len(target_label) < 4 or target == domain:
             continue

@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from .session import Session
 
 
+# TODO(a filter must refuse before DATA): add per-step hooks (connect, mail,
+# rcpt) with replies; today every step before end of message is negotiated as
+# "no reply", which is what a content scanner wants and keeps Postfix fast.
+
+
 class Handler(abc.ABC):
     """Decides what happens to each message; one instance serves all sessions.
 

@@ -96,6 +96,10 @@ class _Marker(enum.Enum):
 class _PeerGone(Exception):
     """The MTA closed the connection while a handler was running."""
 
+    def __init__(self, queue_id: str | None) -> None:
+        super().__init__(queue_id)
+        self.queue_id = queue_id
+
 
 class _Connection:
     """Reads commands, feeds the session, writes its replies."""
@@ -129,12 +133,12 @@ class _Connection:
             await self._serve()
         except ProtocolError as exc:
             log.warning("milter connection from %s: protocol error: %s", peer, exc)
-        except _PeerGone:
+        except _PeerGone as gone:
             log.warning(
                 "milter connection from %s closed by the MTA during end of message,"
                 " queue id %s; handler cancelled",
                 peer,
-                self._queue_id(),
+                gone.queue_id,
             )
         except ConnectionError as exc:
             log.warning("milter connection from %s failed: %s", peer, exc)
@@ -200,12 +204,13 @@ class _Connection:
             if task in done:
                 return task.result()
             if done:
-                raise _PeerGone
+                raise _PeerGone(self._queue_id())
             await self._send(encode_progress())
 
     async def _finish(self) -> None:
         if self._reader_task is not None:
             self._reader_task.cancel()
+            await asyncio.wait({self._reader_task})
         await self.session.close()
         self._writer.close()
         with contextlib.suppress(ConnectionError, TimeoutError):

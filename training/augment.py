@@ -15,7 +15,9 @@ import email.policy
 import html
 import re
 import zlib
-from email.message import EmailMessage, Message
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 
 __all__ = ["html_twin", "wants_twin"]
 
@@ -48,7 +50,10 @@ def html_twin(raw: bytes) -> bytes:
         return raw
     if not text.strip():
         return raw
-    return _rebuild(msg, text, zlib.crc32(raw))
+    try:
+        return _rebuild(msg, text, zlib.crc32(raw))
+    except Exception:  # augmentation must never stop training
+        return raw
 
 
 def _plain_text(msg: Message) -> str:
@@ -63,20 +68,17 @@ def _plain_text(msg: Message) -> str:
 
 
 def _rebuild(msg: Message, text: str, seed: int) -> bytes:
-    twin = EmailMessage()
+    twin = MIMEMultipart("alternative")
     for key, value in msg.items():
-        if key.lower() not in (
-            "content-type",
-            "content-transfer-encoding",
-            "mime-version",
-        ):
+        if key.lower() not in ("content-type", "content-transfer-encoding", "mime-version"):
             twin[key] = value
-    twin.set_content(text)
-    twin.add_alternative(_render(text, seed), subtype="html")
-    if msg.get_unixfrom():
-        twin.set_unixfrom(msg.get_unixfrom())
+    twin.attach(MIMEText(text, "plain", "utf-8"))
+    twin.attach(MIMEText(_render(text, seed), "html", "utf-8"))
+    unixfrom = msg.get_unixfrom()
+    if unixfrom:
+        twin.set_unixfrom(unixfrom)
     try:
-        return twin.as_bytes(policy=email.policy.compat32)
+        return twin.as_bytes()
     except Exception:  # odd header values can fail to serialise
         return msg.as_bytes()
 

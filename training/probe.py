@@ -64,10 +64,10 @@ def probe_sources(X: np.ndarray, y: np.ndarray, columns: np.ndarray) -> float:
 
 
 def _subsample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    keep = []
+    keep: list[int] = []
     for k in np.unique(groups):
         idx = np.flatnonzero(groups == k)
-        keep.extend(rng.choice(idx, size=min(PER_SOURCE, len(idx)), replace=False))
+        keep.extend(int(i) for i in rng.choice(idx, size=min(PER_SOURCE, len(idx)), replace=False))
     return np.sort(np.array(keep))
 
 

@@ -72,7 +72,7 @@ class TrainConfig:
 
     rounds: int = 250
     seed: int = SEED
-    augment_html: float = 0.4
+    augment_html: float = 0.6
     threads: int = 0
     choose_thresholds: bool = True
     params: dict[str, Any] = field(default_factory=lambda: dict(PARAMS))

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from phishgate.milter import protocol as p
-from phishgate.milter.actions import MODIFICATIONS, Action, Continue
+from phishgate.milter.actions import (
+    MODIFICATIONS,
+    Action,
+    AddHeader,
+    Continue,
+    Quarantine,
+)
 from phishgate.milter.codec import (
     Abort,
     Body,
@@ -42,6 +49,13 @@ POSTFIX_OFFER = OptNeg(6, 0x1FF, 0x1FFFFF)
 
 QUEUE_ID = "4Z1abc2DEF"
 
+ADD_AND_HOLD: list[Action] = [
+    AddHeader("X-Phishgate", "phish"),
+    Quarantine("phish"),
+    Continue(),
+]
+"""The reply phishgate sends for a phish: tag, hold, then the final CONTINUE."""
+
 
 def connection_commands() -> list[Command]:
     """The start of a Postfix milter connection, up to HELO."""
@@ -54,7 +68,9 @@ def connection_commands() -> list[Command]:
     ]
 
 
-def message_commands(subject: str = "Hello", body: bytes = b"hello\r\n") -> list[Command]:
+def message_commands(
+    subject: str = "Hello", body: bytes = b"hello\r\n"
+) -> list[Command]:
     """One message the way Postfix sends it, ending with its trailing ABORT."""
     return [
         Macro(p.SMFIC_MAIL, {"{auth_authen}": "alice", "{auth_type}": "PLAIN"}),
@@ -86,6 +102,16 @@ def postfix_session() -> list[Command]:
 async def within_deadline(coro: Awaitable[T], seconds: float = DEADLINE) -> T:
     """Await ``coro`` or fail the test when the deadline passes."""
     return await asyncio.wait_for(coro, seconds)
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = DEADLINE) -> None:
+    """Poll ``condition`` on the event loop until it holds; fail at the deadline."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    await within_deadline(poll(), seconds)
 
 
 def run(scenario: Callable[[], Awaitable[T]]) -> T:
@@ -183,10 +209,8 @@ class MtaClient:
     async def close(self) -> None:
         """Close our side."""
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 def _is_modification(reply: Reply) -> bool:

@@ -1,0 +1,87 @@
+"""Prometheus metrics, declared once on a registry tests can replace.
+
+Labels are small fixed sets (front door, action, stage, reason); never an
+address or a subject. Times are in seconds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
+
+__all__ = ["Metrics"]
+
+STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2, 5, 10)
+SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class Metrics:
+    """Every metric the daemon exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "phishgate_messages_total",
+            "Messages handled, by front door and action.",
+            ["front_door", "action"],
+            registry=r,
+        )
+        self.scan_seconds = Histogram(
+            "phishgate_scan_duration_seconds",
+            "Time spent per scan stage (parse, features, model, total).",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.phish_score = Histogram(
+            "phishgate_phish_score",
+            "Phish probability of scanned messages.",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "phishgate_errors_total",
+            "Messages not scanned, by reason (timeout, error, size).",
+            ["reason"],
+            registry=r,
+        )
+        self.fail_open = Counter(
+            "phishgate_fail_open_total",
+            "Messages accepted unscanned because of an error or timeout.",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "phishgate_in_flight_messages", "Messages being scanned now.", registry=r
+        )
+        self.model_info = Gauge(
+            "phishgate_model_info", "The model being served.", ["version"], registry=r
+        )
+        self.log_rows = Counter(
+            "phishgate_verdict_log_rows_total", "Rows queued to the verdict log.", registry=r
+        )
+        self.milter_connections = Gauge(
+            "phishgate_milter_connections", "Open milter connections.", registry=r
+        )
+        self.config_reloads = Counter(
+            "phishgate_config_reloads_total",
+            "Configuration reloads, by result (ok, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.build = Info("phishgate_build", "Version of phishgate.", registry=r)
+
+    def set_model(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+
+    def serve(self, listen: str) -> None:
+        """Expose /metrics on HOST:PORT in a background thread."""
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)

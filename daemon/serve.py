@@ -1,0 +1,203 @@
+"""``phishgate serve``: startup, serve, shutdown, reload.
+
+The contract (also in the README):
+
+* SIGTERM or SIGINT: stop accepting, let in-flight messages finish for up to
+  ``SHUTDOWN_DEADLINE_S`` seconds, cancel what is left (Postfix applies its
+  ``milter_default_action`` to those), flush the verdict log, exit 0.
+* SIGHUP: re-read the configuration file and the model; a bad file or model
+  is refused with one log line and the old ones stay in service.
+* Under systemd (``NOTIFY_SOCKET``): ``READY=1`` once listening,
+  ``RELOADING=1``/``READY=1`` around a reload, ``STOPPING=1`` on shutdown.
+
+Signal handlers only set an event or schedule a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from importlib import metadata
+from pathlib import Path
+
+from phishgate.milter import MilterOptions, MilterServer, TempFail
+
+from .auth import DkimVerifier, system_dns_lookup
+from .config import Config, ConfigError, load_config
+from .features import FeatureExtractor
+from .message import Limits
+from .metrics import Metrics
+from .milterfront import MilterFrontDoor
+from .model import Model, ModelError
+from .pipeline import Pipeline
+from .scanner import Scanner
+from .systemd import notify
+from .verdictlog import VerdictLog
+
+__all__ = ["Daemon", "run"]
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_DEADLINE_S = 20.0
+
+
+def build_scanner(config: Config) -> Scanner:
+    """Load the configured model and the extractor that feeds it."""
+    model = Model.load(config.model.path or None)
+    dkim = None
+    if config.auth.dkim_verify:
+        dkim = DkimVerifier(system_dns_lookup, timeout=config.auth.dns_timeout_s)
+    limits = Limits(max_bytes=config.policy.max_scan_bytes)
+    extractor = FeatureExtractor(
+        dkim=dkim,
+        trusted_authserv_ids=frozenset(a.lower() for a in config.auth.trusted_authserv_ids),
+        max_urls=limits.max_urls,
+    )
+    return Scanner(model, extractor, limits)
+
+
+class Daemon:
+    """One process serving the milter and the metrics endpoint."""
+
+    def __init__(self, config: Config, config_path: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.stopping = asyncio.Event()
+        self.verdict_log: VerdictLog | None = None
+        self.pipeline: Pipeline | None = None
+        self.milter: MilterServer | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        config = self.config
+        scanner = build_scanner(config)
+        state_dir = config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.verdict_log = VerdictLog(state_dir)
+        self.verdict_log.start()
+        self.pipeline = Pipeline(config, scanner, self.metrics, self.verdict_log)
+        self.metrics.set_model(scanner.model.version)
+        self.metrics.build.info({"version": _version()})
+        if config.metrics.listen:
+            self.metrics.serve(config.metrics.listen)
+        front = MilterFrontDoor(self.pipeline, lambda: self.config.policy.quarantine)
+        options = MilterOptions(
+            max_body_bytes=config.milter.max_body_bytes,
+            progress_interval=config.milter.progress_interval_s,
+            fallback=TempFail(),
+        )
+        self.milter = MilterServer(
+            config.milter.listen, front, options, socket_mode=int(config.milter.socket_mode, 8)
+        )
+        await self.milter.start()
+        log.info(
+            "phishgate %s serving milter on %s, metrics on %s, model %s, state in %s",
+            _version(),
+            config.milter.listen,
+            config.metrics.listen or "(off)",
+            scanner.model.version,
+            state_dir,
+        )
+        notify("READY=1")
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
+
+    def _schedule_reload(self) -> None:
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> None:
+        """Check the new config and model aside; swap only if both are good."""
+        notify("RELOADING=1")
+        try:
+            config = load_config(self.config_path)
+            _check_reloadable(self.config, config)
+            scanner = await asyncio.get_running_loop().run_in_executor(None, build_scanner, config)
+        except (ConfigError, ModelError, OSError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            self.metrics.config_reloads.labels(result="refused").inc()
+        else:
+            assert self.pipeline is not None
+            self.config = config
+            self.pipeline.reconfigure(config, scanner)
+            self.metrics.config_reloads.labels(result="ok").inc()
+            log.info("reloaded %s; model %s", config.source, scanner.model.version)
+        notify("READY=1")
+
+    async def serve(self) -> None:
+        await self.stopping.wait()
+
+    async def shutdown(self) -> None:
+        notify("STOPPING=1")
+        log.info("shutting down: finishing in-flight messages (deadline %.0f s)", SHUTDOWN_DEADLINE_S)
+        if self.milter is not None:
+            self.milter.close()
+            cancelled = await self.milter.wait_closed(SHUTDOWN_DEADLINE_S)
+            if cancelled:
+                log.warning("shutdown deadline passed: %d connections cancelled", cancelled)
+        if self.pipeline is not None:
+            self.pipeline.close()
+        if self.verdict_log is not None:
+            self.verdict_log.close()
+        log.info("stopped")
+
+
+def _check_reloadable(old: Config, new: Config) -> None:
+    """Listening addresses need a restart; say so instead of half-applying."""
+    if old.milter.listen != new.milter.listen or old.metrics.listen != new.metrics.listen:
+        raise ConfigError("listen addresses changed: restart phishgate to apply")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("phishgate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+async def _main(config: Config, config_path: str | None) -> int:
+    daemon = Daemon(config, config_path)
+    daemon.install_signal_handlers()
+    try:
+        await daemon.startup()
+    except (ModelError, OSError) as exc:
+        log.error("startup failed: %s", exc)
+        await daemon.shutdown()
+        return 1
+    await daemon.serve()
+    await daemon.shutdown()
+    return 0
+
+
+def configure_logging(config: Config) -> None:
+    """Plain lines for journald (it stamps time), timestamps otherwise."""
+    level = getattr(logging, config.logging.level.upper())
+    if config.logging.format == "json":
+        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+    elif os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, force=True)
+
+
+def run(config_path: str | None) -> int:
+    """Entry point of ``phishgate serve``; returns the exit status."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"phishgate: config: {exc}", flush=True)
+        return 1
+    configure_logging(config)
+    return asyncio.run(_main(config, config_path))
+
+
+def state_path(config: Config) -> Path:
+    return config.state_dir

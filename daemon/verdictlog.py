@@ -1,0 +1,170 @@
+"""The verdict log: one SQLite row per scanned message.
+
+One writer thread owns the connection and inserts rows in batches, so the
+event loop only puts a dict on a queue and never waits on disk. The
+database runs in WAL mode, so ``phishgate log`` and ad-hoc queries
+(``sqlite-utils``, Datasette) can read while the daemon writes.
+
+Schema (table ``verdicts``)::
+
+    id INTEGER PRIMARY KEY   time REAL (Unix seconds)   time_iso TEXT (UTC)
+    front_door TEXT (milter | proxy)   queue_id TEXT   message_id TEXT
+    client_addr TEXT   sender TEXT   recipients TEXT (JSON list)
+    from_header TEXT   subject TEXT (first 200 characters)   size INTEGER
+    ham REAL   spam REAL   phish REAL   action TEXT   reasons TEXT (JSON list)
+    model_version TEXT   scan_ms REAL   status TEXT (scanned | skipped: why)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+__all__ = ["VerdictLog", "read_verdicts"]
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "phishgate.db"
+BATCH_ROWS = 200
+BATCH_SECONDS = 0.2
+COLUMNS: dict[str, type] = {
+    "id": int, "time": float, "time_iso": str, "front_door": str, "queue_id": str,
+    "message_id": str, "client_addr": str, "sender": str, "recipients": str,
+    "from_header": str, "subject": str, "size": int, "ham": float, "spam": float,
+    "phish": float, "action": str, "reasons": str, "model_version": str,
+    "scan_ms": float, "status": str,
+}  # fmt: skip
+INDEXES = (["time"], ["queue_id"], ["message_id"], ["action", "time"])
+
+
+def open_db(path: Path) -> sqlite_utils.Database:
+    """Open (creating if needed) the database with WAL and the schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+    db = sqlite_utils.Database(conn)
+    db.enable_wal()
+    if "verdicts" not in db.table_names():
+        db["verdicts"].create(COLUMNS, pk="id")
+        for columns in INDEXES:
+            db["verdicts"].create_index(columns, if_not_exists=True)
+    return db
+
+
+class VerdictLog:
+    """Batches verdict rows to SQLite from a thread of its own."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / DB_NAME
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="verdict-log", daemon=True)
+        self._db = open_db(self.path)
+        self.written = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Queue one row; returns at once."""
+        self._queue.put(row)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush what is queued, then stop the writer."""
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._db.conn.close()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if batch:
+                self._write(batch)
+
+    def _next_batch(self) -> tuple[list[dict[str, Any]], bool]:
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + BATCH_SECONDS
+        while len(batch) < BATCH_ROWS:
+            try:
+                row = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if row is None:
+                return batch, True
+            batch.append(row)
+        return batch, False
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        for attempt in range(5):
+            try:
+                with self._db.conn:
+                    self._db["verdicts"].insert_all(batch)
+                self.written += len(batch)
+                return
+            except sqlite3.OperationalError as exc:  # locked by a reader/writer
+                log.warning("verdict log busy (%s), retry %d", exc, attempt + 1)
+                time.sleep(0.2 * (attempt + 1))
+        self.failed += len(batch)
+        log.error("verdict log: dropped %d rows after retries", len(batch))
+
+    def purge(self, retention_days: int) -> int:
+        """Delete rows older than the retention period; returns how many."""
+        cutoff = time.time() - retention_days * 86400
+        with self._db.conn:
+            cursor = self._db.conn.execute("DELETE FROM verdicts WHERE time < ?", (cutoff,))
+        return cursor.rowcount
+
+
+def make_row(**values: Any) -> dict[str, Any]:
+    """A verdict row with JSON-encoded lists and the time filled in."""
+    now = values.pop("time", None) or time.time()
+    row = {k: values.get(k) for k in COLUMNS if k not in ("id", "time", "time_iso")}
+    row["time"] = now
+    row["time_iso"] = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for key in ("recipients", "reasons"):
+        if isinstance(row.get(key), list | tuple):
+            row[key] = json.dumps(list(row[key]), ensure_ascii=False)
+    if row.get("subject"):
+        row["subject"] = str(row["subject"])[:200]
+    return row
+
+
+def read_verdicts(
+    path: Path, since: float | None = None, action: str | None = None, limit: int = 100
+) -> Iterator[dict[str, Any]]:
+    """Newest-first rows for ``phishgate log``, lists decoded."""
+    if not path.exists():
+        return
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+    conn.row_factory = sqlite3.Row
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("time >= ?")
+        params.append(since)
+    if action:
+        clauses.append("action = ?")
+        params.append(action)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"SELECT * FROM verdicts {where} ORDER BY time DESC, id DESC LIMIT ?"  # noqa: S608  # clauses are fixed strings
+    try:
+        for record in conn.execute(sql, [*params, limit]):
+            row = dict(record)
+            for key in ("recipients", "reasons"):
+                row[key] = json.loads(row[key]) if row.get(key) else []
+            yield row
+    finally:
+        conn.close()

