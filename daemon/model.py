@@ -39,6 +39,9 @@ MODEL_FILE = "model.txt"
 META_FILE = "meta.json"
 # Contributions smaller than this (in log-odds) are not worth naming.
 MIN_REASON_CONTRIBUTION = 0.15
+# Below this phish probability a message gets no phishing reasons: naming
+# the few weak signs of a clean message would only mislead the reader.
+MIN_REASON_PROBABILITY = 0.2
 MAX_REASONS = 5
 
 
@@ -200,7 +203,7 @@ class Model:
                 spam=float(p[1]),
                 phish=float(p[2]),
                 model_version=self.version,
-                reasons=reasons_for(c, f.facts),
+                reasons=reasons_for(c, f.facts) if p[PHISH] >= MIN_REASON_PROBABILITY else (),
             )
             for p, c, f in zip(probs, phish_contrib, features, strict=True)
         ]

@@ -49,9 +49,10 @@ class Policy:
 
     def thresholds(self, model: Thresholds, domain: DomainPolicy | None = None) -> Thresholds:
         p = self.config.policy
-        tag = _first(domain and domain.tag_at, p.tag_at, model.tag)
-        quarantine = _first(domain and domain.quarantine_at, p.quarantine_at, model.quarantine)
-        reject = _first(domain and domain.reject_at, p.reject_at, model.reject)
+        d = domain or DomainPolicy()
+        tag = _first(d.tag_at, p.tag_at, model.tag)
+        quarantine = _first(d.quarantine_at, p.quarantine_at, model.quarantine)
+        reject = _first(d.reject_at, p.reject_at, model.reject)
         return Thresholds(tag, max(tag, quarantine), max(tag, quarantine, reject))
 
     def domain_policy(self, recipient: str) -> DomainPolicy | None:
@@ -96,7 +97,7 @@ class Policy:
         return PolicyResult(action, "", tuple(per_recipient))
 
 
-def _first(*values: float | None | bool) -> float:
+def _first(*values: float | None) -> float:
     for value in values:
         if isinstance(value, float):
             return value

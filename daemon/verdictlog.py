@@ -54,9 +54,10 @@ def open_db(path: Path) -> sqlite_utils.Database:
     db = sqlite_utils.Database(conn)
     db.enable_wal()
     if "verdicts" not in db.table_names():
-        db["verdicts"].create(COLUMNS, pk="id")
+        table = db.table("verdicts")
+        table.create(COLUMNS, pk="id")
         for columns in INDEXES:
-            db["verdicts"].create_index(columns, if_not_exists=True)
+            table.create_index(columns, if_not_exists=True)
     return db
 
 
@@ -112,7 +113,7 @@ class VerdictLog:
         for attempt in range(5):
             try:
                 with self._db.conn:
-                    self._db["verdicts"].insert_all(batch)
+                    self._db.table("verdicts").insert_all(batch)
                 self.written += len(batch)
                 return
             except sqlite3.OperationalError as exc:  # locked by a reader/writer
@@ -136,8 +137,9 @@ def make_row(**values: Any) -> dict[str, Any]:
     row["time"] = now
     row["time_iso"] = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for key in ("recipients", "reasons"):
-        if isinstance(row.get(key), list | tuple):
-            row[key] = json.dumps(list(row[key]), ensure_ascii=False)
+        value = row.get(key)
+        if isinstance(value, list | tuple):
+            row[key] = json.dumps(list(value), ensure_ascii=False)
     if row.get("subject"):
         row["subject"] = str(row["subject"])[:200]
     return row
@@ -151,7 +153,8 @@ def read_verdicts(
         return
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
     conn.row_factory = sqlite3.Row
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[float | str] = []
     if since is not None:
         clauses.append("time >= ?")
         params.append(since)
