@@ -41,6 +41,20 @@ class MilterConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    listen: str = "127.0.0.1:10025"
+    reinject: str = "127.0.0.1:10026"
+    hostname: str = "phishgate.localhost"
+    timeout_s: float = 60.0
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9775"
 
@@ -106,6 +120,8 @@ class Config:
     """The whole configuration; ``source`` names the file it came from."""
 
     milter: MilterConfig = field(default_factory=MilterConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -171,6 +187,14 @@ def _check_listen(spec: str, where: str) -> None:
     raise ConfigError(f"{where}: expected inet:HOST:PORT or unix:/path, got {spec!r}")
 
 
+def _check_host_port(value: str, where: str, optional: bool) -> None:
+    if optional and not value:
+        return
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
+
+
 def _check_probability(value: float | None, where: str) -> None:
     if value is not None and not 0.0 < value <= 1.0:
         raise ConfigError(f"{where}: must be in (0, 1], got {value}")
@@ -178,9 +202,14 @@ def _check_probability(value: float | None, where: str) -> None:
 
 def _validate(config: Config) -> Config:
     _check_listen(config.milter.listen, "milter.listen")
-    host, _, port = config.metrics.listen.rpartition(":")
-    if config.metrics.listen and (not port.isdigit() or not host):
-        raise ConfigError(f"metrics.listen: expected HOST:PORT, got {config.metrics.listen!r}")
+    for key, value in (
+        ("metrics.listen", config.metrics.listen),
+        ("proxy.listen", config.proxy.listen),
+        ("proxy.reinject", config.proxy.reinject),
+    ):
+        _check_host_port(value, key, optional=key != "proxy.reinject")
+    if config.quarantine.retention_days < 1:
+        raise ConfigError("quarantine.retention_days: must be at least 1")
     try:
         int(config.milter.socket_mode, 8)
     except ValueError:

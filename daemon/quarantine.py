@@ -1,0 +1,212 @@
+"""phishgate's own quarantine store: raw messages on disk, an index in SQLite.
+
+A message is durable before a front door says so: the file is written
+under a temporary name, fsync'd, renamed into place and its directory
+fsync'd; then the index row is committed. Files are mode 0600 and fan out
+over two levels of 256 directories (``ab/cd/<id>.eml``), which keeps every
+directory small at millions of entries.
+
+Schema (table ``quarantine``, same database as the verdict log)::
+
+    id TEXT PRIMARY KEY   time REAL   time_iso TEXT   front_door TEXT
+    queue_id TEXT   message_id TEXT   sender TEXT   recipients TEXT (JSON)
+    phish REAL   reasons TEXT (JSON)   model_version TEXT   path TEXT
+    expires REAL   state TEXT (held | released | deleted)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .verdictlog import DB_NAME
+
+__all__ = ["QuarantineEntry", "QuarantineStore"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id TEXT PRIMARY KEY, time REAL, time_iso TEXT, front_door TEXT,
+    queue_id TEXT, message_id TEXT, sender TEXT, recipients TEXT,
+    phish REAL, reasons TEXT, model_version TEXT, path TEXT,
+    expires REAL, state TEXT
+);
+CREATE INDEX IF NOT EXISTS quarantine_state_time ON quarantine (state, time);
+CREATE INDEX IF NOT EXISTS quarantine_expires ON quarantine (expires);
+"""
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """One held message, as the index describes it."""
+
+    id: str
+    time: float
+    queue_id: str
+    message_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    phish: float | None
+    reasons: tuple[str, ...]
+    model_version: str
+    path: Path
+    expires: float
+    state: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": dt.datetime.fromtimestamp(self.time, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "queue_id": self.queue_id,
+            "message_id": self.message_id,
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "phish": self.phish,
+            "reasons": list(self.reasons),
+            "model_version": self.model_version,
+            "state": self.state,
+            "where": "store",
+        }
+
+
+def new_id() -> str:
+    """Sortable by time, unguessable: ``20261203T154500-3f9a0c1b2d4e``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{secrets.token_hex(6)}"
+
+
+class QuarantineStore:
+    """Put, list, read and remove quarantined messages."""
+
+    def __init__(self, state_dir: Path, retention_days: int = 30) -> None:
+        self.root = state_dir / "quarantine"
+        self.db_path = state_dir / DB_NAME
+        self.retention_s = retention_days * 86400
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._connect() as conn:
+            conn.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.db_path), timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def path_for(self, entry_id: str) -> Path:
+        digest = hashlib.sha1(entry_id.encode()).hexdigest()
+        return self.root / digest[:2] / digest[2:4] / f"{entry_id}.eml"
+
+    def put(self, raw: bytes, **fields: Any) -> str:
+        """Store *raw* durably and index it; returns the entry id."""
+        entry_id = new_id()
+        path = self.path_for(entry_id)
+        _write_durably(path, raw)
+        now = time.time()
+        row = {
+            "id": entry_id,
+            "time": now,
+            "time_iso": dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "front_door": fields.get("front_door", ""),
+            "queue_id": fields.get("queue_id", ""),
+            "message_id": fields.get("message_id", ""),
+            "sender": fields.get("sender", ""),
+            "recipients": json.dumps(list(fields.get("recipients", ()))),
+            "phish": fields.get("phish"),
+            "reasons": json.dumps(list(fields.get("reasons", ()))),
+            "model_version": fields.get("model_version", ""),
+            "path": str(path),
+            "expires": now + self.retention_s,
+            "state": "held",
+        }
+        with self._connect() as conn:
+            conn.execute(
+                f"INSERT INTO quarantine ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",  # noqa: S608  # fixed column names
+                list(row.values()),
+            )
+        return entry_id
+
+    def entries(self, state: str | None = "held") -> Iterator[QuarantineEntry]:
+        sql = "SELECT * FROM quarantine"
+        params: list[str] = []
+        if state:
+            sql += " WHERE state = ?"
+            params.append(state)
+        with self._connect() as conn:
+            rows = conn.execute(sql + " ORDER BY time DESC", params).fetchall()
+        for row in rows:
+            yield _entry(row)
+
+    def get(self, entry_id: str) -> QuarantineEntry | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def raw(self, entry: QuarantineEntry) -> bytes:
+        return entry.path.read_bytes()
+
+    def mark(self, entry_id: str, state: str) -> None:
+        """Record a new state and remove the file once it is no longer held."""
+        entry = self.get(entry_id)
+        if entry is None:
+            raise KeyError(entry_id)
+        with self._connect() as conn:
+            conn.execute("UPDATE quarantine SET state = ? WHERE id = ?", (state, entry_id))
+        if state != "held":
+            entry.path.unlink(missing_ok=True)
+
+    def purge(self, now: float | None = None) -> list[str]:
+        """Delete held entries past their expiry; returns their ids."""
+        now = time.time() if now is None else now
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT id FROM quarantine WHERE state = 'held' AND expires < ?", (now,)
+            ).fetchall()
+        expired = [row["id"] for row in rows]
+        for entry_id in expired:
+            self.mark(entry_id, "deleted")
+        return expired
+
+
+def _entry(row: sqlite3.Row) -> QuarantineEntry:
+    return QuarantineEntry(
+        id=row["id"],
+        time=row["time"],
+        queue_id=row["queue_id"] or "",
+        message_id=row["message_id"] or "",
+        sender=row["sender"] or "",
+        recipients=tuple(json.loads(row["recipients"] or "[]")),
+        phish=row["phish"],
+        reasons=tuple(json.loads(row["reasons"] or "[]")),
+        model_version=row["model_version"] or "",
+        path=Path(row["path"]),
+        expires=row["expires"],
+        state=row["state"],
+    )
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
