@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_check_config(sub)
     _add_log(sub)
+    _add_quarantine(sub)
     _add_scan(sub)
     _add_train(sub)
     _add_evaluate(sub)
@@ -76,10 +77,33 @@ def _add_log(sub: Any) -> None:
     p = sub.add_parser("log", help="show recent verdicts")
     _add_config_option(p)
     p.add_argument("--since", metavar="WHEN", help="e.g. 1h, 30m, 2d, or an ISO time")
-    p.add_argument("--action", choices=["accept", "tag", "quarantine", "reject", "tempfail"])
+    p.add_argument(
+        "--action", choices=["accept", "tag", "quarantine", "reject", "tempfail"]
+    )
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_log)
+
+
+def _add_quarantine(sub: Any) -> None:
+    p = sub.add_parser(
+        "quarantine", help="list, show, release, delete, purge held mail"
+    )
+    _add_config_option(p)
+    qs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = qs.add_parser("list", help="held messages (store and Postfix hold queue)")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q = qs.add_parser("show", help="headers, verdict and reasons of one entry")
+    q.add_argument("ids", nargs=1, metavar="ID")
+    q.add_argument("--raw", action="store_true", help="print the whole message")
+    q = qs.add_parser(
+        "release", help="deliver to the original recipients; records a ham label"
+    )
+    q.add_argument("ids", nargs="+", metavar="ID")
+    q = qs.add_parser("delete", help="remove for good")
+    q.add_argument("ids", nargs="+", metavar="ID")
+    qs.add_parser("purge", help="remove entries past their retention")
+    p.set_defaults(func=cmd_quarantine)
 
 
 def _add_scan(sub: Any) -> None:
@@ -240,6 +264,18 @@ def cmd_log(args: argparse.Namespace) -> int:
                 f"phish={phish} {row['message_id'] or '-'} {reasons}"
             )
     return EXIT_OK
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .quarantine_cli import quarantine_command
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"phishgate: config: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return quarantine_command(config, args)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ class ProxyConfig:
 @dataclass(frozen=True)
 class QuarantineConfig:
     retention_days: int = 30
+    postfix_config_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,9 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown key")
-    values = {name: _convert(hints[name], data[name], f"{where}.{name}") for name in data}
+    values = {
+        name: _convert(hints[name], data[name], f"{where}.{name}") for name in data
+    }
     return cls(**values)
 
 
@@ -175,7 +178,9 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint in (str, bool) and isinstance(value, hint):
         return value
-    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise ConfigError(
+        f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}"
+    )
 
 
 def _check_listen(spec: str, where: str) -> None:
@@ -213,7 +218,9 @@ def _validate(config: Config) -> Config:
     try:
         int(config.milter.socket_mode, 8)
     except ValueError:
-        raise ConfigError(f"milter.socket_mode: not an octal mode: {config.milter.socket_mode!r}") from None
+        raise ConfigError(
+            f"milter.socket_mode: not an octal mode: {config.milter.socket_mode!r}"
+        ) from None
     policy = config.policy
     if policy.quarantine not in QUARANTINE_MODES:
         raise ConfigError(f"policy.quarantine: one of {', '.join(QUARANTINE_MODES)}")
@@ -249,7 +256,14 @@ def parse_config(text: str, source: str) -> Config:
         config = _build(Config, sections, "config")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {str(exc).removeprefix('config.')}") from None
-    config = Config(**{f.name: getattr(config, f.name) for f in fields(Config) if f.name != "source"}, source=source)
+    config = Config(
+        **{
+            f.name: getattr(config, f.name)
+            for f in fields(Config)
+            if f.name != "source"
+        },
+        source=source,
+    )
     try:
         return _validate(config)
     except ConfigError as exc:
@@ -270,7 +284,9 @@ def load_config(path: str | Path | None = None) -> Config:
     return parse_config(text, str(path))
 
 
-def network_list(values: tuple[str, ...], where: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def network_list(
+    values: tuple[str, ...], where: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """Parse CIDRs, naming the bad one."""
     out = []
     for i, value in enumerate(values):

@@ -85,7 +85,11 @@ class ProxySMTP(SMTP):
         keep = [p for p in params if not p.upper().startswith(_MAIL_PASS_THROUGH)]
         before = self.envelope.mail_from if self.envelope else None
         await super().smtp_MAIL(" ".join([head, *keep]))
-        if self.envelope is not None and self.envelope.mail_from is not None and before is None:
+        if (
+            self.envelope is not None
+            and self.envelope.mail_from is not None
+            and before is None
+        ):
             self.extras.mail_params = params
 
     async def smtp_RCPT(self, arg: str) -> None:
@@ -101,7 +105,9 @@ def rewrite_headers(
 ) -> bytes:
     """Drop incoming X-Phishgate-* headers, prefix the Subject, prepend *add*."""
     match = _HEADER_END.search(raw)
-    head, rest = (raw, b"") if match is None else (raw[: match.start()], raw[match.start() :])
+    head, rest = (
+        (raw, b"") if match is None else (raw[: match.start()], raw[match.start() :])
+    )
     kept: list[bytes] = []
     skipping = False
     for line in head.split(b"\n"):
@@ -118,7 +124,8 @@ def rewrite_headers(
                 line = b"Subject: " + subject_tag.encode() + value
         kept.append(line)
     new = b"".join(
-        f"{name}: {value}".replace("\n", "\r\n").encode() + b"\r\n" for name, value in add
+        f"{name}: {value}".replace("\n", "\r\n").encode() + b"\r\n"
+        for name, value in add
     )
     return new + b"\n".join(kept) + rest
 
@@ -139,13 +146,24 @@ class ProxyHandler:
         self.timeout_s = timeout_s
 
     async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        extra = ["250-DSN", "250-XFORWARD " + " ".join(XFORWARD_ATTRS), "250-PIPELINING"]
+        extra = [
+            "250-DSN",
+            "250-XFORWARD " + " ".join(XFORWARD_ATTRS),
+            "250-PIPELINING",
+        ]
         return [responses[0], *extra, *responses[1:]]
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
         extras: _Extras = getattr(server, "extras", _Extras())
         raw = envelope.original_content or b""
         msg_env = _message_envelope(session, envelope, extras)
@@ -164,7 +182,9 @@ class ProxyHandler:
         groups = _recipient_groups(decision, envelope.rcpt_tos, extras)
         done = []
         for action, rcpts in groups.items():
-            done.append(await self._deliver_group(action, rcpts, msg_env, raw, decision, extras))
+            done.append(
+                await self._deliver_group(action, rcpts, msg_env, raw, decision, extras)
+            )
         return OK_250.format(what="; ".join(done))
 
     async def _deliver_group(
@@ -179,12 +199,18 @@ class ProxyHandler:
         tag = decision.subject_tag or "" if action == "tag" else ""
         message = rewrite_headers(raw, _with_action(decision.headers, action), tag)
         if action in ("quarantine", "reject"):
-            return await self._quarantine(message, msg_env, decision, [r for r, _ in rcpts])
+            return await self._quarantine(
+                message, msg_env, decision, [r for r, _ in rcpts]
+            )
         await self._reinject(message, msg_env, rcpts, extras)
         return f"{action} {len(rcpts)}"
 
     async def _quarantine(
-        self, message: bytes, msg_env: MessageEnvelope, decision: Decision, rcpts: list[str]
+        self,
+        message: bytes,
+        msg_env: MessageEnvelope,
+        decision: Decision,
+        rcpts: list[str],
     ) -> str:
         store = self.store()
         if store is None:
@@ -215,7 +241,9 @@ class ProxyHandler:
         extras: _Extras,
     ) -> None:
         host, port = self.reinject
-        client = aiosmtplib.SMTP(hostname=host, port=port, timeout=self.timeout_s, start_tls=False)
+        client = aiosmtplib.SMTP(
+            hostname=host, port=port, timeout=self.timeout_s, start_tls=False
+        )
         await client.connect()
         try:
             await client.ehlo()
@@ -225,7 +253,10 @@ class ProxyHandler:
             mail_options = [p for p in extras.mail_params if _supported(client, p)]
             await client.mail(msg_env.mail_from, options=mail_options)
             for rcpt, params in rcpts:
-                await client.rcpt(rcpt, options=[p for p in params if client.supports_extension("dsn")])
+                await client.rcpt(
+                    rcpt,
+                    options=[p for p in params if client.supports_extension("dsn")],
+                )
             await client.data(message)
         finally:
             try:
@@ -234,7 +265,9 @@ class ProxyHandler:
                 client.close()
 
 
-def _with_action(headers: tuple[tuple[str, str], ...], action: str) -> tuple[tuple[str, str], ...]:
+def _with_action(
+    headers: tuple[tuple[str, str], ...], action: str
+) -> tuple[tuple[str, str], ...]:
     """The verdict header names this recipient group's action."""
     out = []
     for name, value in headers:
@@ -252,11 +285,19 @@ async def _expect(client: aiosmtplib.SMTP, command: str) -> None:
 
 def _supported(client: aiosmtplib.SMTP, param: str) -> bool:
     key = param.split("=", 1)[0].upper()
-    needs = {"SIZE": "size", "BODY": "8bitmime", "SMTPUTF8": "smtputf8", "RET": "dsn", "ENVID": "dsn"}
+    needs = {
+        "SIZE": "size",
+        "BODY": "8bitmime",
+        "SMTPUTF8": "smtputf8",
+        "RET": "dsn",
+        "ENVID": "dsn",
+    }
     return client.supports_extension(needs.get(key, key.lower()))
 
 
-def _message_envelope(session: Session, envelope: Envelope, extras: _Extras) -> MessageEnvelope:
+def _message_envelope(
+    session: Session, envelope: Envelope, extras: _Extras
+) -> MessageEnvelope:
     xf = extras.xforward
     return MessageEnvelope(
         front_door="proxy",

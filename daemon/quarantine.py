@@ -64,7 +64,9 @@ class QuarantineEntry:
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "time": dt.datetime.fromtimestamp(self.time, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "time": dt.datetime.fromtimestamp(self.time, dt.UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
             "queue_id": self.queue_id,
             "message_id": self.message_id,
             "sender": self.sender,
@@ -113,7 +115,9 @@ class QuarantineStore:
         row = {
             "id": entry_id,
             "time": now,
-            "time_iso": dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "time_iso": dt.datetime.fromtimestamp(now, dt.UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
             "front_door": fields.get("front_door", ""),
             "queue_id": fields.get("queue_id", ""),
             "message_id": fields.get("message_id", ""),
@@ -146,7 +150,9 @@ class QuarantineStore:
 
     def get(self, entry_id: str) -> QuarantineEntry | None:
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
+            row = conn.execute(
+                "SELECT * FROM quarantine WHERE id = ?", (entry_id,)
+            ).fetchone()
         return _entry(row) if row else None
 
     def raw(self, entry: QuarantineEntry) -> bytes:
@@ -158,7 +164,9 @@ class QuarantineStore:
         if entry is None:
             raise KeyError(entry_id)
         with self._connect() as conn:
-            conn.execute("UPDATE quarantine SET state = ? WHERE id = ?", (state, entry_id))
+            conn.execute(
+                "UPDATE quarantine SET state = ? WHERE id = ?", (state, entry_id)
+            )
         if state != "held":
             entry.path.unlink(missing_ok=True)
 

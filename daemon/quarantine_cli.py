@@ -1,0 +1,196 @@
+"""``phishgate quarantine``: one view of phishgate's store and Postfix's hold queue.
+
+Entries in the store have ids like ``20261203T154500-3f9a0c1b2d4e``; entries in
+Postfix's hold queue are shown by their queue id with ``where = hold``.
+Releasing re-injects a stored message into Postfix's re-injection smtpd
+(``[proxy] reinject``, which has no filters) for its original recipients,
+or runs ``postsuper -H`` for a held one, and records a ``ham`` label from
+the admin (a wrong quarantine is the best training example there is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
+
+from .config import Config
+from .labels import record_label
+from .quarantine import QuarantineEntry, QuarantineStore
+
+__all__ = ["hold_entries", "quarantine_command"]
+
+log = logging.getLogger(__name__)
+
+
+def _postfix_env(config: Config) -> list[str]:
+    directory = config.quarantine.postfix_config_dir
+    return ["-c", directory] if directory else []
+
+
+def hold_entries(config: Config) -> Iterator[dict[str, Any]]:
+    """Messages in Postfix's hold queue, from ``postqueue -j``."""
+    postqueue = shutil.which("postqueue") or "/usr/sbin/postqueue"
+    try:
+        out = subprocess.run(
+            [postqueue, *_postfix_env(config), "-j"],
+            capture_output=True,
+            timeout=30,
+            check=True,
+            text=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("postqueue unavailable: %s", exc)
+        return
+    for line in out.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if item.get("queue_name") == "hold":
+            yield {
+                "id": item["queue_id"],
+                "time": time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(item.get("arrival_time", 0))
+                ),
+                "sender": item.get("sender", ""),
+                "recipients": [
+                    r.get("address", "") for r in item.get("recipients", [])
+                ],
+                "phish": None,
+                "reasons": [],
+                "where": "hold",
+            }
+
+
+def _store(config: Config) -> QuarantineStore:
+    return QuarantineStore(config.state_dir, config.quarantine.retention_days)
+
+
+def cmd_list(config: Config, as_json: bool) -> int:
+    rows = [e.as_json() for e in _store(config).entries()] + list(hold_entries(config))
+    for row in rows:
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            phish = "-" if row["phish"] is None else f"{row['phish']:.3f}"
+            print(
+                f"{row['id']:<32} {row['where']:<5} {row['time']} phish={phish} "
+                f"{','.join(row['recipients'])} {'; '.join(row['reasons'][:2])}"
+            )
+    return 0
+
+
+def cmd_show(config: Config, entry_id: str, raw: bool) -> int:
+    entry = _store(config).get(entry_id)
+    if entry is None:
+        print(f"phishgate: quarantine: no entry {entry_id}", file=sys.stderr)
+        return 1
+    data = entry.path.read_bytes()
+    if raw:
+        sys.stdout.buffer.write(data)
+        return 0
+    print(json.dumps(entry.as_json(), indent=1, ensure_ascii=False))
+    headers = BytesHeaderParser(policy=compat32).parsebytes(data)
+    for key, value in headers.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _reinject(config: Config, entry: QuarantineEntry, data: bytes) -> None:
+    host, _, port = config.proxy.reinject.rpartition(":")
+    with smtplib.SMTP(host, int(port), timeout=60) as smtp:
+        smtp.sendmail(entry.sender, list(entry.recipients), data)
+
+
+def cmd_release(config: Config, ids: list[str]) -> int:
+    store, failed = _store(config), 0
+    held = {h["id"]: h for h in hold_entries(config)}
+    for entry_id in ids:
+        try:
+            _release_one(config, store, held, entry_id)
+        except (
+            OSError,
+            smtplib.SMTPException,
+            subprocess.SubprocessError,
+            KeyError,
+        ) as exc:
+            print(f"phishgate: quarantine: release {entry_id}: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _release_one(
+    config: Config, store: QuarantineStore, held: dict[str, Any], entry_id: str
+) -> None:
+    entry = store.get(entry_id)
+    if entry is not None and entry.state == "held":
+        data = entry.path.read_bytes()
+        _reinject(config, entry, data)
+        record_label(
+            config.state_dir, data, "ham", "admin-release", message_id=entry.message_id
+        )
+        store.mark(entry_id, "released")
+    elif entry_id in held:
+        postsuper = shutil.which("postsuper") or "/usr/sbin/postsuper"
+        subprocess.run(
+            [postsuper, *_postfix_env(config), "-H", entry_id],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    else:
+        raise KeyError("no such held message")
+    log.info("quarantine: released %s", entry_id)
+    print(f"released {entry_id}")
+
+
+def cmd_delete(config: Config, ids: list[str]) -> int:
+    store, failed = _store(config), 0
+    held = {h["id"] for h in hold_entries(config)}
+    for entry_id in ids:
+        entry = store.get(entry_id)
+        if entry is not None:
+            store.mark(entry_id, "deleted")
+        elif entry_id in held:
+            postsuper = shutil.which("postsuper") or "/usr/sbin/postsuper"
+            subprocess.run(
+                [postsuper, *_postfix_env(config), "-d", entry_id],
+                check=False,
+                capture_output=True,
+                timeout=30,
+            )
+        else:
+            print(f"phishgate: quarantine: no entry {entry_id}", file=sys.stderr)
+            failed += 1
+            continue
+        log.info("quarantine: deleted %s", entry_id)
+        print(f"deleted {entry_id}")
+    return 1 if failed else 0
+
+
+def cmd_purge(config: Config) -> int:
+    removed = _store(config).purge()
+    print(f"purged {len(removed)} expired entries")
+    return 0
+
+
+def quarantine_command(config: Config, args: Any) -> int:
+    """Dispatch ``phishgate quarantine ACTION``."""
+    if args.action == "list":
+        return cmd_list(config, args.json)
+    if args.action == "show":
+        return cmd_show(config, args.ids[0], args.raw)
+    if args.action == "release":
+        return cmd_release(config, args.ids)
+    if args.action == "delete":
+        return cmd_delete(config, args.ids)
+    return cmd_purge(config)
