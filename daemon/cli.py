@@ -86,23 +86,22 @@ def _add_log(sub: Any) -> None:
 
 
 def _add_quarantine(sub: Any) -> None:
-    p = sub.add_parser(
-        "quarantine", help="list, show, release, delete, purge held mail"
-    )
-    _add_config_option(p)
+    p = sub.add_parser("quarantine", help="list, show, release, delete, purge held mail")
+    common = argparse.ArgumentParser(add_help=False)
+    _add_config_option(common)
     qs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = qs.add_parser("list", help="held messages (store and Postfix hold queue)")
+    q = qs.add_parser("list", parents=[common], help="held messages (store and hold queue)")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
-    q = qs.add_parser("show", help="headers, verdict and reasons of one entry")
+    q = qs.add_parser("show", parents=[common], help="headers, verdict and reasons")
     q.add_argument("ids", nargs=1, metavar="ID")
     q.add_argument("--raw", action="store_true", help="print the whole message")
     q = qs.add_parser(
-        "release", help="deliver to the original recipients; records a ham label"
+        "release", parents=[common], help="deliver to the recipients; records a ham label"
     )
     q.add_argument("ids", nargs="+", metavar="ID")
-    q = qs.add_parser("delete", help="remove for good")
+    q = qs.add_parser("delete", parents=[common], help="remove for good")
     q.add_argument("ids", nargs="+", metavar="ID")
-    qs.add_parser("purge", help="remove entries past their retention")
+    qs.add_parser("purge", parents=[common], help="remove entries past their retention")
     p.set_defaults(func=cmd_quarantine)
 
 
