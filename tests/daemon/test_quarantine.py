@@ -1,0 +1,83 @@
+"""The quarantine store: durable files, the index, expiry; and the proxy's header edits."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from pathlib import Path
+
+from mailfactory import as_bytes, phish, plain
+from phishgate.daemon.labels import record_label
+from phishgate.daemon.proxy import _split_params, rewrite_headers
+from phishgate.daemon.quarantine import QuarantineStore
+
+
+def test_put_writes_a_private_file_and_an_index_row(tmp_path: Path) -> None:
+    """A stored message is on disk (0600, fanned out) and listed."""
+    store = QuarantineStore(tmp_path)
+    raw = as_bytes(phish())
+    entry_id = store.put(raw, queue_id="ABC", recipients=["ann@example.org"], phish=0.99)
+    (entry,) = list(store.entries())
+    assert entry.id == entry_id and entry.queue_id == "ABC"
+    assert entry.recipients == ("ann@example.org",)
+    assert store.raw(entry) == raw
+    assert stat.S_IMODE(entry.path.stat().st_mode) == 0o600
+    assert entry.path.parent.parent.parent == tmp_path / "quarantine"
+
+
+def test_mark_deleted_removes_the_file(tmp_path: Path) -> None:
+    """Deleting keeps the row (state deleted) and removes the file."""
+    store = QuarantineStore(tmp_path)
+    entry_id = store.put(b"Subject: x\r\n\r\nbody")
+    path = store.path_for(entry_id)
+    store.mark(entry_id, "deleted")
+    assert not path.exists()
+    assert list(store.entries()) == []
+    assert store.get(entry_id) is not None
+
+
+def test_purge_removes_only_expired(tmp_path: Path) -> None:
+    """Purge deletes entries past retention and leaves fresh ones."""
+    store = QuarantineStore(tmp_path, retention_days=1)
+    old = store.put(b"Subject: old\r\n\r\n")
+    fresh = store.put(b"Subject: new\r\n\r\n")
+    with sqlite3.connect(tmp_path / "phishgate.db") as conn:
+        conn.execute("UPDATE quarantine SET expires = ? WHERE id = ?", (time.time() - 1, old))
+    assert store.purge() == [old]
+    assert [e.id for e in store.entries()] == [fresh]
+
+
+def test_labels_are_stored_with_their_source(tmp_path: Path) -> None:
+    """An admin label keeps the raw message and its source."""
+    raw = as_bytes(plain())
+    record_label(tmp_path, raw, "ham", "admin-release", message_id="<m@x>")
+    with sqlite3.connect(tmp_path / "phishgate.db") as conn:
+        row = conn.execute("SELECT label, source, path FROM labels").fetchone()
+    assert row[0] == "ham" and row[1] == "admin-release"
+    assert Path(row[2]).read_bytes() == raw
+
+
+def test_rewrite_headers_drops_forged_verdicts_and_tags() -> None:
+    """Incoming X-Phishgate-* lines go, ours are prepended, Subject tagged once."""
+    raw = (
+        b"X-Phishgate-Verdict: ham action=accept\r\n\tcontinued\r\n"
+        b"Subject: Hello\r\nFrom: a@example.org\r\n\r\nX-Phishgate-Score: body stays\r\n"
+    )
+    out = rewrite_headers(raw, (("X-Phishgate-Score", "0.9"),), "[PHISH?] ")
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert head.count(b"X-Phishgate-") == 1
+    assert b"continued" not in head
+    assert b"Subject: [PHISH?] Hello" in head
+    assert body == b"X-Phishgate-Score: body stays\r\n"
+    again = rewrite_headers(out, (), "[PHISH?] ")
+    assert again.count(b"[PHISH?]") == 1
+
+
+def test_esmtp_parameters_keep_their_case() -> None:
+    """DSN parameters (xtext, case-sensitive) pass through unchanged."""
+    head, params = _split_params("FROM:<a@b.example> SIZE=10 RET=HDRS ENVID=QQ+2Bx")
+    assert head == "FROM:<a@b.example>"
+    assert params == ["SIZE=10", "RET=HDRS", "ENVID=QQ+2Bx"]
+    head, params = _split_params("TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d.example")
+    assert params[1] == "ORCPT=rfc822;c@d.example"
