@@ -54,7 +54,12 @@ def rss_mib() -> float:
 
 def one_pass(model: Model, messages: list[bytes]) -> dict[str, list[float]]:
     extractor = FeatureExtractor()
-    stages: dict[str, list[float]] = {"parse": [], "features": [], "model": [], "total": []}
+    stages: dict[str, list[float]] = {
+        "parse": [],
+        "features": [],
+        "model": [],
+        "total": [],
+    }
     for raw in messages:
         t0 = time.thread_time()
         parsed = parse_message(raw)
@@ -97,18 +102,27 @@ def main() -> int:
         start = time.perf_counter()
         results.append(one_pass(model, messages))
         rates.append(len(messages) / (time.perf_counter() - start))
-    print(f"model {model.version}; {len(messages)} messages "
-          f"({sum(len(m) for m in messages) / ONE_MB:.1f} MiB), {args.runs} runs, one core")
-    print(f"messages/s (median of runs): {statistics.median(rates):.0f}  runs: "
-          + " ".join(f"{r:.0f}" for r in rates))
-    print("stage      median ms   p99 ms   (CPU time, messages < 1 MB; median over runs)")
+    print(
+        f"model {model.version}; {len(messages)} messages "
+        f"({sum(len(m) for m in messages) / ONE_MB:.1f} MiB), "
+        f"{args.runs} runs, one core"
+    )
+    print(
+        f"messages/s (median of runs): {statistics.median(rates):.0f}  runs: "
+        + " ".join(f"{r:.0f}" for r in rates)
+    )
+    print(
+        "stage      median ms   p99 ms   (CPU time, messages < 1 MB; median over runs)"
+    )
     for stage in ("parse", "features", "model", "total"):
         med = statistics.median(statistics.median(r[stage]) for r in results) * 1000
         tail = statistics.median(p99(r[stage]) for r in results) * 1000
         print(f"{stage:<10} {med:9.2f} {tail:9.2f}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"RSS MiB: start {rss_start:.0f}, model loaded {rss_model:.0f}, "
-          f"now {rss_mib():.0f}, peak {peak:.0f} (the sample itself is held in memory)")
+    print(
+        f"RSS MiB: start {rss_start:.0f}, model loaded {rss_model:.0f}, "
+        f"now {rss_mib():.0f}, peak {peak:.0f} (the sample itself is held in memory)"
+    )
     return 0
 
 

@@ -86,17 +86,23 @@ def _add_log(sub: Any) -> None:
 
 
 def _add_quarantine(sub: Any) -> None:
-    p = sub.add_parser("quarantine", help="list, show, release, delete, purge held mail")
+    p = sub.add_parser(
+        "quarantine", help="list, show, release, delete, purge held mail"
+    )
     common = argparse.ArgumentParser(add_help=False)
     _add_config_option(common)
     qs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    q = qs.add_parser("list", parents=[common], help="held messages (store and hold queue)")
+    q = qs.add_parser(
+        "list", parents=[common], help="held messages (store and hold queue)"
+    )
     q.add_argument("--json", action="store_true", help="one JSON object per line")
     q = qs.add_parser("show", parents=[common], help="headers, verdict and reasons")
     q.add_argument("ids", nargs=1, metavar="ID")
     q.add_argument("--raw", action="store_true", help="print the whole message")
     q = qs.add_parser(
-        "release", parents=[common], help="deliver to the recipients; records a ham label"
+        "release",
+        parents=[common],
+        help="deliver to the recipients; records a ham label",
     )
     q.add_argument("ids", nargs="+", metavar="ID")
     q = qs.add_parser("delete", parents=[common], help="remove for good")
@@ -323,7 +329,8 @@ def _print_scan(source: str, member: str | None, result: Any, as_json: bool) -> 
     name = source if member is None else f"{source}:{member}"
     reasons = "; ".join(verdict.reasons[:3]) or "no phishing signs"
     print(
-        f"{name}: {verdict.label} phish={verdict.phish:.3f} action={result.action} - {reasons}"
+        f"{name}: {verdict.label} phish={verdict.phish:.3f} "
+        f"action={result.action} - {reasons}"
     )
 
 

@@ -6,7 +6,8 @@ labels when both exist for one message.
 
 Schema (table ``labels``, same database as the verdict log)::
 
-    id INTEGER PRIMARY KEY   time REAL   message_id TEXT   label TEXT (ham | spam | phish)
+    id INTEGER PRIMARY KEY   time REAL   message_id TEXT
+    label TEXT (ham | spam | phish)
     source TEXT (admin | admin-release | user-report)   path TEXT   sha256 TEXT
 """
 

@@ -128,7 +128,9 @@ class PathExplainer:
         if not feats:
             return np.zeros(self.n_features)
         return np.bincount(
-            np.concatenate(feats), weights=np.concatenate(deltas), minlength=self.n_features
+            np.concatenate(feats),
+            weights=np.concatenate(deltas),
+            minlength=self.n_features,
         )
 
 
@@ -147,9 +149,15 @@ def _leaf_paths(root: dict[str, Any]) -> dict[int, tuple[np.ndarray, np.ndarray]
         value = float(node["internal_value"])
         for side in ("left_child", "right_child"):
             child = node[side]
-            child_value = float(child.get("internal_value", child.get("leaf_value", 0.0)))
+            child_value = float(
+                child.get("internal_value", child.get("leaf_value", 0.0))
+            )
             stack.append(
-                (child, [*feats, int(node["split_feature"])], [*deltas, child_value - value])
+                (
+                    child,
+                    [*feats, int(node["split_feature"])],
+                    [*deltas, child_value - value],
+                )
             )
     return table
 
@@ -203,7 +211,9 @@ class Model:
                 spam=float(p[1]),
                 phish=float(p[2]),
                 model_version=self.version,
-                reasons=reasons_for(c, f.facts) if p[PHISH] >= MIN_REASON_PROBABILITY else (),
+                reasons=reasons_for(c, f.facts)
+                if p[PHISH] >= MIN_REASON_PROBABILITY
+                else (),
             )
             for p, c, f in zip(probs, phish_contrib, features, strict=True)
         ]

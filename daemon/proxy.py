@@ -55,7 +55,7 @@ class _Extras:
 
 
 def _split_params(arg: str) -> tuple[str, list[str]]:
-    """``FROM:<a@b> SIZE=1 RET=HDRS`` -> (``FROM:<a@b>``, [``SIZE=1``, ``RET=HDRS``])."""
+    """Split ``FROM:<a@b> SIZE=1 RET=HDRS`` into the address part and parameters."""
     end = arg.find(">")
     if end < 0:
         head, _, rest = arg.partition(" ")

@@ -132,7 +132,8 @@ class QuarantineStore:
         }
         with self._connect() as conn:
             conn.execute(
-                f"INSERT INTO quarantine ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",  # noqa: S608  # fixed column names
+                f"INSERT INTO quarantine ({', '.join(row)}) "  # fixed column names
+                f"VALUES ({', '.join('?' * len(row))})",
                 list(row.values()),
             )
         return entry_id

@@ -10,6 +10,7 @@ goes on.
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import re
 import sys
@@ -130,7 +131,7 @@ def _iter_mbox(p: Path, data: bytes) -> Iterator[Item]:
     if not starts or starts[0] != 0:
         starts.insert(0, 0)
     starts.append(len(data))
-    for index, (begin, end) in enumerate(zip(starts, starts[1:], strict=False)):
+    for index, (begin, end) in enumerate(itertools.pairwise(starts)):
         chunk = data[begin:end]
         if chunk.strip():
             yield Item(str(p), f"#{index}", chunk)

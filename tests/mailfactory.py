@@ -6,15 +6,17 @@ file is needed, so the tests run on a plain clone.
 
 from __future__ import annotations
 
+import datetime as dt
 from email.message import EmailMessage
 from email.utils import format_datetime
-import datetime as dt
 
 DATE = format_datetime(dt.datetime(2024, 3, 5, 9, 30, tzinfo=dt.UTC))
 
 
 def plain(
-    body: str = "Hi Ann,\n\nthe minutes from Tuesday are attached below.\n\nBest,\nBob\n",
+    body: str = (
+        "Hi Ann,\n\nthe minutes from Tuesday are attached below.\n\nBest,\nBob\n"
+    ),
     *,
     subject: str = "Minutes from Tuesday",
     sender: str = "Bob Smith <bob@example.org>",

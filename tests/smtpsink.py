@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
 from phishgate.daemon.proxy import ProxySMTP
 
 
@@ -34,12 +33,24 @@ class SinkHandler:
     reply: str = "250 2.0.0 Ok: queued"
 
     async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        return [responses[0], "250-DSN", "250-XFORWARD NAME ADDR PROTO HELO IDENT SOURCE", *responses[1:]]
+        return [
+            responses[0],
+            "250-DSN",
+            "250-XFORWARD NAME ADDR PROTO HELO IDENT SOURCE",
+            *responses[1:],
+        ]
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
         extras: Any = getattr(server, "extras")  # noqa: B009  # set by ProxySMTP
         self.messages.append(
             Received(

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from phishgate.daemon.config import Config, ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "phishgate.example.toml"
@@ -58,7 +57,8 @@ def test_syntax_error_names_the_line() -> None:
 def test_domain_overrides_parse() -> None:
     """Per-domain policy tables become typed, frozen objects."""
     config = parse_config(
-        '[[policy.domains]]\ndomain = "example.org"\nquarantine_at = 0.8\nscan = false\n',
+        '[[policy.domains]]\ndomain = "example.org"\n'
+        "quarantine_at = 0.8\nscan = false\n",
         "t",
     )
     (domain,) = config.policy.domains

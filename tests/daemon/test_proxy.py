@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from mailfactory import as_bytes, phish, plain
 from phishgate.daemon.config import parse_config
 from phishgate.daemon.metrics import Metrics
@@ -55,7 +54,9 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     metrics = Metrics()
     store = QuarantineStore(tmp_path)
     pipeline = Pipeline(config, Scanner(MODEL), metrics, None)
-    handler = ProxyHandler(lambda: pipeline, ("127.0.0.1", sink.port), lambda: store, 5.0)
+    handler = ProxyHandler(
+        lambda: pipeline, ("127.0.0.1", sink.port), lambda: store, 5.0
+    )
     (port,) = free_ports(1)
     server = ProxyServer(f"127.0.0.1:{port}", handler)
     loop = asyncio.new_event_loop()
@@ -70,11 +71,18 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     sink.stop()
 
 
-def _send(port: int, raw: bytes, rcpts: list[str], **kwargs: list[str]) -> dict[str, tuple[int, bytes]]:
-    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # on the wire, as Postfix sends it
+def _send(
+    port: int, raw: bytes, rcpts: list[str], **kwargs: list[str]
+) -> dict[str, tuple[int, bytes]]:
+    raw = raw.replace(b"\r\n", b"\n").replace(
+        b"\n", b"\r\n"
+    )  # on the wire, as Postfix sends it
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.ehlo("postfix.example.test")
-        smtp.docmd("XFORWARD", "ADDR=192.0.2.7 HELO=client.example.test IDENT=4ABC123 PROTO=ESMTP")
+        smtp.docmd(
+            "XFORWARD",
+            "ADDR=192.0.2.7 HELO=client.example.test IDENT=4ABC123 PROTO=ESMTP",
+        )
         return smtp.sendmail("bob@example.org", rcpts, raw, **kwargs)  # type: ignore[arg-type]
 
 
@@ -91,9 +99,14 @@ def test_ham_passes_with_envelope_intact(rig: Rig) -> None:
     (got,) = rig.sink.messages
     assert got.mail_from == "bob@example.org"
     assert got.rcpt_tos == ["ann@example.org", "joe@example.org"]
-    assert {"BODY=8BITMIME", "SMTPUTF8", "RET=HDRS", "ENVID=Ab+2Bc"} <= set(got.mail_params)
+    assert {"BODY=8BITMIME", "SMTPUTF8", "RET=HDRS", "ENVID=Ab+2Bc"} <= set(
+        got.mail_params
+    )
     assert any(p.upper().startswith("SIZE=") for p in got.mail_params)
-    assert got.rcpt_params[0] == ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;ann@example.org"]
+    assert got.rcpt_params[0] == [
+        "NOTIFY=SUCCESS,FAILURE",
+        "ORCPT=rfc822;ann@example.org",
+    ]
     assert got.xforward["ADDR"] == "192.0.2.7" and got.xforward["IDENT"] == "4ABC123"
     head = got.data.split(b"\r\n\r\n", 1)[0]
     assert head.count(b"X-Phishgate-Verdict") == 1
@@ -113,7 +126,9 @@ def test_phish_is_quarantined_not_delivered(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize(
-    "rig", ['[[policy.domains]]\ndomain = "open.example"\nscan = false\n'], indirect=True
+    "rig",
+    ['[[policy.domains]]\ndomain = "open.example"\nscan = false\n'],
+    indirect=True,
 )
 def test_recipients_with_different_actions_are_split(rig: Rig) -> None:
     """One recipient's domain is not scanned: it gets the message, the other is held."""

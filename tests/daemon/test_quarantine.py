@@ -1,4 +1,4 @@
-"""The quarantine store: durable files, the index, expiry; and the proxy's header edits."""
+"""The quarantine store (files, index, expiry) and the proxy's header edits."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def test_put_writes_a_private_file_and_an_index_row(tmp_path: Path) -> None:
     """A stored message is on disk (0600, fanned out) and listed."""
     store = QuarantineStore(tmp_path)
     raw = as_bytes(phish())
-    entry_id = store.put(raw, queue_id="ABC", recipients=["ann@example.org"], phish=0.99)
+    entry_id = store.put(
+        raw, queue_id="ABC", recipients=["ann@example.org"], phish=0.99
+    )
     (entry,) = list(store.entries())
     assert entry.id == entry_id and entry.queue_id == "ABC"
     assert entry.recipients == ("ann@example.org",)
@@ -43,7 +45,9 @@ def test_purge_removes_only_expired(tmp_path: Path) -> None:
     old = store.put(b"Subject: old\r\n\r\n")
     fresh = store.put(b"Subject: new\r\n\r\n")
     with sqlite3.connect(tmp_path / "phishgate.db") as conn:
-        conn.execute("UPDATE quarantine SET expires = ? WHERE id = ?", (time.time() - 1, old))
+        conn.execute(
+            "UPDATE quarantine SET expires = ? WHERE id = ?", (time.time() - 1, old)
+        )
     assert store.purge() == [old]
     assert [e.id for e in store.entries()] == [fresh]
 
@@ -62,7 +66,8 @@ def test_rewrite_headers_drops_forged_verdicts_and_tags() -> None:
     """Incoming X-Phishgate-* lines go, ours are prepended, Subject tagged once."""
     raw = (
         b"X-Phishgate-Verdict: ham action=accept\r\n\tcontinued\r\n"
-        b"Subject: Hello\r\nFrom: a@example.org\r\n\r\nX-Phishgate-Score: body stays\r\n"
+        b"Subject: Hello\r\nFrom: a@example.org\r\n\r\n"
+        b"X-Phishgate-Score: body stays\r\n"
     )
     out = rewrite_headers(raw, (("X-Phishgate-Score", "0.9"),), "[PHISH?] ")
     head, body = out.split(b"\r\n\r\n", 1)
@@ -79,5 +84,7 @@ def test_esmtp_parameters_keep_their_case() -> None:
     head, params = _split_params("FROM:<a@b.example> SIZE=10 RET=HDRS ENVID=QQ+2Bx")
     assert head == "FROM:<a@b.example>"
     assert params == ["SIZE=10", "RET=HDRS", "ENVID=QQ+2Bx"]
-    head, params = _split_params("TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d.example")
+    head, params = _split_params(
+        "TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d.example"
+    )
     assert params[1] == "ORCPT=rfc822;c@d.example"
