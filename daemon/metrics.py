@@ -17,8 +17,13 @@ from prometheus_client import (
 
 __all__ = ["Metrics"]
 
-STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2, 5, 10)
-SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+STAGE_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
+    0.5, 1, 2, 5, 10,
+)  # fmt: skip
+SCORE_BUCKETS = (
+    0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0,
+)  # fmt: skip
 
 
 class Metrics:
@@ -64,7 +69,9 @@ class Metrics:
             "phishgate_model_info", "The model being served.", ["version"], registry=r
         )
         self.log_rows = Counter(
-            "phishgate_verdict_log_rows_total", "Rows queued to the verdict log.", registry=r
+            "phishgate_verdict_log_rows_total",
+            "Rows queued to the verdict log.",
+            registry=r,
         )
         self.milter_connections = Gauge(
             "phishgate_milter_connections", "Open milter connections.", registry=r

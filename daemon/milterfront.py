@@ -43,7 +43,9 @@ def message_bytes(envelope: Envelope) -> bytes:
     lines = []
     for name, value in envelope.headers:
         value = value.replace("\r\n", "\n").replace("\n", "\r\n")
-        lines.append(f"{name}: {value.lstrip(' ')}\r\n".encode("utf-8", "surrogateescape"))
+        lines.append(
+            f"{name}: {value.lstrip(' ')}\r\n".encode("utf-8", "surrogateescape")
+        )
     return b"".join(lines) + b"\r\n" + envelope.body
 
 
@@ -73,7 +75,9 @@ class MilterFrontDoor(Handler):
         self.quarantine_mode = quarantine_mode
         self.store = store
 
-    async def end_of_message(self, session: Session, envelope: Envelope) -> Sequence[Action]:
+    async def end_of_message(
+        self, session: Session, envelope: Envelope
+    ) -> Sequence[Action]:
         """Scan the message and return the milter actions for its decision."""
         msg_envelope = to_message_envelope(envelope)
         raw = message_bytes(envelope)
@@ -97,14 +101,25 @@ class MilterFrontDoor(Handler):
         raw: bytes,
         decision: Decision,
     ) -> list[Action]:
-        reason = decision.verdict.reasons[0] if decision.verdict and decision.verdict.reasons else "phishing"
+        reason = (
+            decision.verdict.reasons[0]
+            if decision.verdict and decision.verdict.reasons
+            else "phishing"
+        )
         if self.quarantine_mode() == "store" and self.store is not None:
             try:
                 entry = self.store(envelope, raw, decision)
             except OSError:
-                log.exception("queue_id=%s: quarantine store failed; holding instead", envelope.queue_id or "-")
+                log.exception(
+                    "queue_id=%s: quarantine store failed; holding instead",
+                    envelope.queue_id or "-",
+                )
             else:
-                log.info("queue_id=%s: stored in quarantine as %s", envelope.queue_id or "-", entry)
+                log.info(
+                    "queue_id=%s: stored in quarantine as %s",
+                    envelope.queue_id or "-",
+                    entry,
+                )
                 return [Discard()]
         return [*actions, Quarantine(f"phishgate: {reason}"[:200]), Continue()]
 

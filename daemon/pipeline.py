@@ -19,10 +19,10 @@ from .config import Config
 from .metrics import Metrics
 from .model import Verdict
 from .policy import Policy, PolicyResult
-from .scanner import ScanResult, Scanner
+from .scanner import Scanner, ScanResult
 from .verdictlog import VerdictLog, make_row
 
-__all__ = ["Decision", "MessageEnvelope", "Pipeline", "HEADER_PREFIX"]
+__all__ = ["HEADER_PREFIX", "Decision", "MessageEnvelope", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class Decision:
     message_id: str = ""
     scan_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+    per_recipient: tuple[tuple[str, str], ...] = ()
+    """(recipient, action) pairs, for a front door that can split a message."""
 
 
 class Pipeline:
@@ -76,7 +78,9 @@ class Pipeline:
         self.policy = Policy(config)
         self.metrics = metrics
         self.verdict_log = verdict_log
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="scan"
+        )
 
     def reconfigure(self, config: Config, scanner: Scanner | None = None) -> None:
         """Swap in a new config (and model); in-flight messages keep the old."""
@@ -109,11 +113,17 @@ class Pipeline:
             return self._skipped(envelope, "skipped-size")
         scanner = self.scanner  # a reload between here and the end changes nothing
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, scanner.scan, raw, envelope.mail_from)
+        future = loop.run_in_executor(
+            self._executor, scanner.scan, raw, envelope.mail_from
+        )
         try:
             result = await asyncio.wait_for(future, config.policy.scan_timeout_s)
         except TimeoutError:
-            log.warning("queue_id=%s: scan timed out after %.1f s", envelope.queue_id or "-", config.policy.scan_timeout_s)
+            log.warning(
+                "queue_id=%s: scan timed out after %.1f s",
+                envelope.queue_id or "-",
+                config.policy.scan_timeout_s,
+            )
             return self._failure(envelope, "timeout")
         self._observe(result)
         outcome = self.policy.decide(envelope, result)
@@ -132,16 +142,21 @@ class Pipeline:
         headers = verdict_headers(verdict, outcome.action, "scanned")
         reply = ""
         if outcome.action == "reject":
-            first = verdict.reasons[0] if verdict.reasons else outcome.reason or "phishing"
+            first = (
+                verdict.reasons[0] if verdict.reasons else outcome.reason or "phishing"
+            )
             reply = f"Message looks like phishing ({first})"
         return Decision(
             action=outcome.action,
             status="scanned",
             verdict=verdict,
             headers=headers,
-            subject_tag=self.config.policy.subject_tag if outcome.action == "tag" else "",
+            subject_tag=self.config.policy.subject_tag
+            if outcome.action == "tag"
+            else "",
             reply_text=reply,
             policy_reason=outcome.reason,
+            per_recipient=outcome.per_recipient,
             message_id=result.message_id,
             scan_s=result.scan_s,
             extra={"from": result.from_header, "subject": result.subject},
@@ -157,11 +172,16 @@ class Pipeline:
     def _skipped(self, envelope: MessageEnvelope, status: str) -> Decision:
         return Decision("accept", status, None, ((HEADER_PREFIX + "Status", status),))
 
-    def _account(self, envelope: MessageEnvelope, raw: bytes, decision: Decision) -> None:
-        self.metrics.messages.labels(front_door=envelope.front_door, action=decision.action).inc()
+    def _account(
+        self, envelope: MessageEnvelope, raw: bytes, decision: Decision
+    ) -> None:
+        self.metrics.messages.labels(
+            front_door=envelope.front_door, action=decision.action
+        ).inc()
         verdict = decision.verdict
         log.info(
-            "queue_id=%s message_id=%s action=%s phish=%s status=%s model=%s reasons=%s",
+            "queue_id=%s message_id=%s action=%s phish=%s status=%s model=%s"
+            " reasons=%s",
             envelope.queue_id or "-",
             decision.message_id or "-",
             decision.action,
@@ -197,7 +217,9 @@ class Pipeline:
         self.metrics.log_rows.inc()
 
 
-def verdict_headers(verdict: Verdict, action: str, status: str) -> tuple[tuple[str, str], ...]:
+def verdict_headers(
+    verdict: Verdict, action: str, status: str
+) -> tuple[tuple[str, str], ...]:
     """The X-Phishgate-* headers for a scanned message."""
     reasons = "; ".join(verdict.reasons[:MAX_REASONS_HEADER]) or "none"
     return (

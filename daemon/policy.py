@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .pipeline import MessageEnvelope
     from .scanner import ScanResult
 
-__all__ = ["Policy", "PolicyResult", "SEVERITY"]
+__all__ = ["SEVERITY", "Policy", "PolicyResult"]
 
 SEVERITY = {"accept": 0, "tag": 1, "quarantine": 2, "reject": 3}
 
@@ -33,10 +33,10 @@ class PolicyResult:
 
 
 def _matches(domain: str, entries: tuple[str, ...]) -> bool:
-    """Exact domain or a suffix entry written with a leading dot."""
+    """``example.org`` matches itself only, ``.example.org`` any subdomain."""
     for entry in entries:
         entry = entry.lower()
-        if domain == entry.lstrip(".") or (entry.startswith(".") and domain.endswith(entry)):
+        if domain.endswith(entry) if entry.startswith(".") else domain == entry:
             return True
     return False
 
@@ -47,7 +47,9 @@ class Policy:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def thresholds(self, model: Thresholds, domain: DomainPolicy | None = None) -> Thresholds:
+    def thresholds(
+        self, model: Thresholds, domain: DomainPolicy | None = None
+    ) -> Thresholds:
         p = self.config.policy
         d = domain or DomainPolicy()
         tag = _first(d.tag_at, p.tag_at, model.tag)
@@ -58,7 +60,8 @@ class Policy:
     def domain_policy(self, recipient: str) -> DomainPolicy | None:
         domain = domain_of(recipient)
         for entry in self.config.policy.domains:
-            if _matches(domain, (entry.domain, "." + entry.domain.lstrip("."))):
+            bare = entry.domain.lstrip(".")
+            if _matches(domain, (bare, "." + bare)):
                 return entry
         return None
 

@@ -6,7 +6,9 @@ The contract (also in the README):
   ``SHUTDOWN_DEADLINE_S`` seconds, cancel what is left (Postfix applies its
   ``milter_default_action`` to those), flush the verdict log, exit 0.
 * SIGHUP: re-read the configuration file and the model; a bad file or model
-  is refused with one log line and the old ones stay in service.
+  is refused with one log line and the old ones stay in service. So is a
+  change that only a restart can apply ([milter], [metrics], the state
+  directory); the log line names the key.
 * Under systemd (``NOTIFY_SOCKET``): ``READY=1`` once listening,
   ``RELOADING=1``/``READY=1`` around a reload, ``STOPPING=1`` on shutdown.
 
@@ -16,9 +18,12 @@ Signal handlers only set an event or schedule a task.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -52,7 +57,9 @@ def build_scanner(config: Config) -> Scanner:
     limits = Limits(max_bytes=config.policy.max_scan_bytes)
     extractor = FeatureExtractor(
         dkim=dkim,
-        trusted_authserv_ids=frozenset(a.lower() for a in config.auth.trusted_authserv_ids),
+        trusted_authserv_ids=frozenset(
+            a.lower() for a in config.auth.trusted_authserv_ids
+        ),
         max_urls=limits.max_urls,
     )
     return Scanner(model, extractor, limits)
@@ -90,9 +97,14 @@ class Daemon:
             fallback=TempFail(),
         )
         self.milter = MilterServer(
-            config.milter.listen, front, options, socket_mode=int(config.milter.socket_mode, 8)
+            config.milter.listen,
+            front,
+            options,
+            socket_mode=int(config.milter.socket_mode, 8),
         )
         await self.milter.start()
+        milter = self.milter
+        self.metrics.milter_connections.set_function(lambda: milter.connections)
         log.info(
             "phishgate %s serving milter on %s, metrics on %s, model %s, state in %s",
             _version(),
@@ -115,33 +127,52 @@ class Daemon:
 
     async def reload(self) -> None:
         """Check the new config and model aside; swap only if both are good."""
-        notify("RELOADING=1")
+        # systemd's Type=notify-reload pairs RELOADING=1 with the monotonic
+        # time of the request; without it `systemctl reload` may not wait.
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             config = load_config(self.config_path)
             _check_reloadable(self.config, config)
-            scanner = await asyncio.get_running_loop().run_in_executor(None, build_scanner, config)
+            scanner = await asyncio.get_running_loop().run_in_executor(
+                None, build_scanner, config
+            )
         except (ConfigError, ModelError, OSError) as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
-            self.metrics.config_reloads.labels(result="refused").inc()
+            self._refuse_reload(str(exc))
+        except Exception:  # a bug in loading must not leave systemd "reloading"
+            log.exception("reload failed")
+            self._refuse_reload("internal error (traceback above)")
         else:
-            assert self.pipeline is not None
-            self.config = config
-            self.pipeline.reconfigure(config, scanner)
-            self.metrics.config_reloads.labels(result="ok").inc()
-            log.info("reloaded %s; model %s", config.source, scanner.model.version)
+            self._swap(config, scanner)
         notify("READY=1")
+
+    def _refuse_reload(self, why: str) -> None:
+        log.error("reload refused, keeping the running configuration: %s", why)
+        self.metrics.config_reloads.labels(result="refused").inc()
+
+    def _swap(self, config: Config, scanner: Scanner) -> None:
+        assert self.pipeline is not None  # set by startup()
+        self.config = config
+        self.pipeline.reconfigure(config, scanner)
+        configure_logging(config)
+        self.metrics.config_reloads.labels(result="ok").inc()
+        log.info("reloaded %s; model %s", config.source, scanner.model.version)
 
     async def serve(self) -> None:
         await self.stopping.wait()
 
     async def shutdown(self) -> None:
         notify("STOPPING=1")
-        log.info("shutting down: finishing in-flight messages (deadline %.0f s)", SHUTDOWN_DEADLINE_S)
+        log.info(
+            "shutting down: finishing in-flight messages (deadline %.0f s)",
+            SHUTDOWN_DEADLINE_S,
+        )
         if self.milter is not None:
             self.milter.close()
             cancelled = await self.milter.wait_closed(SHUTDOWN_DEADLINE_S)
             if cancelled:
-                log.warning("shutdown deadline passed: %d connections cancelled", cancelled)
+                log.warning(
+                    "shutdown deadline passed: %d connections cancelled", cancelled
+                )
         if self.pipeline is not None:
             self.pipeline.close()
         if self.verdict_log is not None:
@@ -149,10 +180,22 @@ class Daemon:
         log.info("stopped")
 
 
+RESTART_ONLY = ("milter", "metrics")
+"""Config sections fixed at startup: the listeners and what they negotiate."""
+
+
 def _check_reloadable(old: Config, new: Config) -> None:
-    """Listening addresses need a restart; say so instead of half-applying."""
-    if old.milter.listen != new.milter.listen or old.metrics.listen != new.metrics.listen:
-        raise ConfigError("listen addresses changed: restart phishgate to apply")
+    """Refuse changes a reload cannot apply, naming the key, not half-apply them."""
+    changed = [
+        f"{section}.{key}"
+        for section in RESTART_ONLY
+        for key, value in vars(getattr(new, section)).items()
+        if getattr(getattr(old, section), key) != value
+    ]
+    if old.state_dir != new.state_dir:
+        changed.append("storage.state_dir")
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} changed: restart phishgate to apply")
 
 
 def _version() -> str:
@@ -176,16 +219,33 @@ async def _main(config: Config, config_path: str | None) -> int:
     return 0
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; quotes, newlines and tracebacks stay valid."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def configure_logging(config: Config) -> None:
     """Plain lines for journald (it stamps time), timestamps otherwise."""
     level = getattr(logging, config.logging.level.upper())
+    handler = logging.StreamHandler()
     if config.logging.format == "json":
-        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+        handler.setFormatter(JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     else:
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, force=True)
+        handler.setFormatter(logging.Formatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def run(config_path: str | None) -> int:
@@ -193,7 +253,7 @@ def run(config_path: str | None) -> int:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        print(f"phishgate: config: {exc}", flush=True)
+        print(f"phishgate: config: {exc}", file=sys.stderr, flush=True)
         return 1
     configure_logging(config)
     return asyncio.run(_main(config, config_path))

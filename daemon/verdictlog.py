@@ -67,7 +67,9 @@ class VerdictLog:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / DB_NAME
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="verdict-log", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="verdict-log", daemon=True
+        )
         self._db = open_db(self.path)
         self.written = 0
         self.failed = 0
@@ -126,7 +128,9 @@ class VerdictLog:
         """Delete rows older than the retention period; returns how many."""
         cutoff = time.time() - retention_days * 86400
         with self._db.conn:
-            cursor = self._db.conn.execute("DELETE FROM verdicts WHERE time < ?", (cutoff,))
+            cursor = self._db.conn.execute(
+                "DELETE FROM verdicts WHERE time < ?", (cutoff,)
+            )
         return cursor.rowcount
 
 
@@ -135,7 +139,9 @@ def make_row(**values: Any) -> dict[str, Any]:
     now = values.pop("time", None) or time.time()
     row = {k: values.get(k) for k in COLUMNS if k not in ("id", "time", "time_iso")}
     row["time"] = now
-    row["time_iso"] = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    row["time_iso"] = dt.datetime.fromtimestamp(now, dt.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     for key in ("recipients", "reasons"):
         value = row.get(key)
         if isinstance(value, list | tuple):
@@ -162,7 +168,8 @@ def read_verdicts(
         clauses.append("action = ?")
         params.append(action)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT * FROM verdicts {where} ORDER BY time DESC, id DESC LIMIT ?"  # noqa: S608  # clauses are fixed strings
+    # Only fixed strings go into the SQL text; the values are parameters.
+    sql = f"SELECT * FROM verdicts {where} ORDER BY time DESC, id DESC LIMIT ?"
     try:
         for record in conn.execute(sql, [*params, limit]):
             row = dict(record)
