@@ -9,7 +9,9 @@ with (nobody else may speak for us), add ours, prefix the Subject on
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 
 from phishgate.milter import (
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 # RFC 3463: 5.7.1 delivery not authorized, message refused.
 REJECT_CODE, REJECT_XCODE = 550, "5.7.1"
 
-QuarantineStore = Callable[[MessageEnvelope, bytes, Decision], str]
+QuarantineWriter = Callable[[MessageEnvelope, bytes, Decision], str]
+"""Stores a message durably and returns its quarantine id (blocking)."""
 
 
 def message_bytes(envelope: Envelope) -> bytes:
@@ -69,7 +72,7 @@ class MilterFrontDoor(Handler):
         self,
         pipeline: Pipeline,
         quarantine_mode: Callable[[], str],
-        store: QuarantineStore | None = None,
+        store: QuarantineWriter | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.quarantine_mode = quarantine_mode
@@ -91,10 +94,10 @@ class MilterFrontDoor(Handler):
         if decision.action == "reject":
             return [ReplyCode(REJECT_CODE, REJECT_XCODE, decision.reply_text)]
         if decision.action == "quarantine":
-            return self._quarantine(actions, msg_envelope, raw, decision)
+            return await self._quarantine(actions, msg_envelope, raw, decision)
         return [*actions, Continue()]
 
-    def _quarantine(
+    async def _quarantine(
         self,
         actions: list[Action],
         envelope: MessageEnvelope,
@@ -108,8 +111,11 @@ class MilterFrontDoor(Handler):
         )
         if self.quarantine_mode() == "store" and self.store is not None:
             try:
-                entry = self.store(envelope, raw, decision)
-            except OSError:
+                loop = asyncio.get_running_loop()
+                entry = await loop.run_in_executor(
+                    None, self.store, envelope, raw, decision
+                )
+            except (OSError, sqlite3.Error):
                 log.exception(
                     "queue_id=%s: quarantine store failed; holding instead",
                     envelope.queue_id or "-",

@@ -78,6 +78,7 @@ class Pipeline:
         self.policy = Policy(config)
         self.metrics = metrics
         self.verdict_log = verdict_log
+        self.in_flight = 0
         self._executor = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="scan"
         )
@@ -96,6 +97,7 @@ class Pipeline:
     async def inspect(self, envelope: MessageEnvelope, raw: bytes) -> Decision:
         """Decide on one message; never raises."""
         self.metrics.in_flight.inc()
+        self.in_flight += 1
         try:
             decision = await self._inspect(envelope, raw)
         except Exception:  # never lose mail to our own bug
@@ -103,6 +105,7 @@ class Pipeline:
             decision = self._failure(envelope, "error")
         finally:
             self.metrics.in_flight.dec()
+            self.in_flight -= 1
         self._account(envelope, raw, decision)
         return decision
 

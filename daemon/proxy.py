@@ -29,11 +29,12 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from .headers import rewrite_headers
 from .pipeline import HEADER_PREFIX, Decision, MessageEnvelope, Pipeline
 from .policy import SEVERITY
-from .quarantine import QuarantineStore
+from .quarantine import QuarantineStore, store_decision
 
-__all__ = ["ProxyServer", "rewrite_headers"]
+__all__ = ["ProxyServer", "ProxySMTP"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ OK_250 = "250 2.0.0 Ok: {what}"
 TEMPFAIL_451 = "451 4.3.0 Error: {why}, try again later"
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 _MAIL_PASS_THROUGH = ("RET=", "ENVID=")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass
@@ -98,36 +98,6 @@ class ProxySMTP(SMTP):
         await super().smtp_RCPT(head)
         if self.envelope is not None and len(self.envelope.rcpt_tos) > count:
             self.extras.rcpt_params.append(params)
-
-
-def rewrite_headers(
-    raw: bytes, add: tuple[tuple[str, str], ...], subject_tag: str = ""
-) -> bytes:
-    """Drop incoming X-Phishgate-* headers, prefix the Subject, prepend *add*."""
-    match = _HEADER_END.search(raw)
-    head, rest = (
-        (raw, b"") if match is None else (raw[: match.start()], raw[match.start() :])
-    )
-    kept: list[bytes] = []
-    skipping = False
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(line)
-            continue
-        skipping = line.lower().startswith(HEADER_PREFIX.lower().encode())
-        if skipping:
-            continue
-        if subject_tag and line.lower().startswith(b"subject:"):
-            value = line[8:].lstrip()
-            if not value.startswith(subject_tag.strip().encode()):
-                line = b"Subject: " + subject_tag.encode() + value
-        kept.append(line)
-    new = b"".join(
-        f"{name}: {value}".replace("\n", "\r\n").encode() + b"\r\n"
-        for name, value in add
-    )
-    return new + b"\n".join(kept) + rest
 
 
 class ProxyHandler:
@@ -196,18 +166,16 @@ class ProxyHandler:
         decision: Decision,
         extras: _Extras,
     ) -> str:
-        tag = decision.subject_tag or "" if action == "tag" else ""
-        message = rewrite_headers(raw, _with_action(decision.headers, action), tag)
         if action in ("quarantine", "reject"):
-            return await self._quarantine(
-                message, msg_env, decision, [r for r, _ in rcpts]
-            )
+            return await self._quarantine(raw, msg_env, decision, [r for r, _ in rcpts])
+        tag = decision.subject_tag if action == "tag" else ""
+        message = rewrite_headers(raw, _with_action(decision.headers, action), tag)
         await self._reinject(message, msg_env, rcpts, extras)
         return f"{action} {len(rcpts)}"
 
     async def _quarantine(
         self,
-        message: bytes,
+        raw: bytes,
         msg_env: MessageEnvelope,
         decision: Decision,
         rcpts: list[str],
@@ -215,20 +183,8 @@ class ProxyHandler:
         store = self.store()
         if store is None:
             raise RuntimeError("quarantine needed but no store configured")
-        verdict = decision.verdict
         entry = await asyncio.get_running_loop().run_in_executor(
-            None,
-            lambda: store.put(
-                message,
-                front_door="proxy",
-                queue_id=msg_env.queue_id,
-                message_id=decision.message_id,
-                sender=msg_env.mail_from,
-                recipients=rcpts,
-                phish=verdict.phish if verdict else None,
-                reasons=verdict.reasons if verdict else (),
-                model_version=verdict.model_version if verdict else "",
-            ),
+            None, store_decision, store, msg_env, raw, decision, tuple(rcpts)
         )
         log.info("queue_id=%s: quarantined as %s", msg_env.queue_id or "-", entry)
         return f"quarantined {entry}"

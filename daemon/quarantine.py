@@ -26,9 +26,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .verdictlog import DB_NAME
+
+if TYPE_CHECKING:
+    from .pipeline import Decision, MessageEnvelope
 
 __all__ = ["QuarantineEntry", "QuarantineStore"]
 
@@ -219,3 +222,27 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def store_decision(
+    store: QuarantineStore,
+    envelope: MessageEnvelope,
+    raw: bytes,
+    decision: Decision,
+    recipients: tuple[str, ...] | None = None,
+) -> str:
+    """Quarantine *raw* with our verdict headers; blocking (disk and fsync)."""
+    from .headers import rewrite_headers
+
+    verdict = decision.verdict
+    return store.put(
+        rewrite_headers(raw, decision.headers),
+        front_door=envelope.front_door,
+        queue_id=envelope.queue_id,
+        message_id=decision.message_id,
+        sender=envelope.mail_from,
+        recipients=recipients if recipients is not None else envelope.rcpt_to,
+        phish=verdict.phish if verdict else None,
+        reasons=verdict.reasons if verdict else (),
+        model_version=verdict.model_version if verdict else "",
+    )

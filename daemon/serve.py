@@ -37,6 +37,8 @@ from .metrics import Metrics
 from .milterfront import MilterFrontDoor
 from .model import Model, ModelError
 from .pipeline import Pipeline
+from .proxy import ProxyHandler, ProxyServer
+from .quarantine import QuarantineStore, store_decision
 from .scanner import Scanner
 from .systemd import notify
 from .verdictlog import VerdictLog
@@ -76,6 +78,8 @@ class Daemon:
         self.verdict_log: VerdictLog | None = None
         self.pipeline: Pipeline | None = None
         self.milter: MilterServer | None = None
+        self.proxy: ProxyServer | None = None
+        self.store: QuarantineStore | None = None
         self._reload_task: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
@@ -90,7 +94,15 @@ class Daemon:
         self.metrics.build.info({"version": _version()})
         if config.metrics.listen:
             self.metrics.serve(config.metrics.listen)
-        front = MilterFrontDoor(self.pipeline, lambda: self.config.policy.quarantine)
+        self.store = QuarantineStore(state_dir, config.quarantine.retention_days)
+        store = self.store
+        front = MilterFrontDoor(
+            self.pipeline,
+            lambda: self.config.policy.quarantine,
+            lambda envelope, raw, decision: store_decision(
+                store, envelope, raw, decision
+            ),
+        )
         options = MilterOptions(
             max_body_bytes=config.milter.max_body_bytes,
             progress_interval=config.milter.progress_interval_s,
@@ -105,15 +117,39 @@ class Daemon:
         await self.milter.start()
         milter = self.milter
         self.metrics.milter_connections.set_function(lambda: milter.connections)
+        if config.proxy.listen:
+            await self._start_proxy(config)
         log.info(
-            "phishgate %s serving milter on %s, metrics on %s, model %s, state in %s",
+            "phishgate %s serving milter on %s, proxy on %s, metrics on %s, "
+            "model %s, state in %s",
             _version(),
             config.milter.listen,
+            config.proxy.listen or "(off)",
             config.metrics.listen or "(off)",
             scanner.model.version,
             state_dir,
         )
         notify("READY=1")
+
+    async def _start_proxy(self, config: Config) -> None:
+        host, _, port = config.proxy.reinject.rpartition(":")
+        handler = ProxyHandler(
+            lambda: self._pipeline(),
+            (host.strip("[]"), int(port)),
+            lambda: self.store,
+            config.proxy.timeout_s,
+        )
+        self.proxy = ProxyServer(
+            config.proxy.listen,
+            handler,
+            hostname=config.proxy.hostname,
+            max_message_bytes=config.proxy.max_message_bytes,
+        )
+        await self.proxy.start()
+
+    def _pipeline(self) -> Pipeline:
+        assert self.pipeline is not None  # set by startup()
+        return self.pipeline
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -166,6 +202,8 @@ class Daemon:
             "shutting down: finishing in-flight messages (deadline %.0f s)",
             SHUTDOWN_DEADLINE_S,
         )
+        if self.proxy is not None:
+            self.proxy.close()
         if self.milter is not None:
             self.milter.close()
             cancelled = await self.milter.wait_closed(SHUTDOWN_DEADLINE_S)
@@ -173,14 +211,27 @@ class Daemon:
                 log.warning(
                     "shutdown deadline passed: %d connections cancelled", cancelled
                 )
+        await self._drain_pipeline(SHUTDOWN_DEADLINE_S)
         if self.pipeline is not None:
             self.pipeline.close()
         if self.verdict_log is not None:
             self.verdict_log.close()
         log.info("stopped")
 
+    async def _drain_pipeline(self, deadline_s: float) -> None:
+        """Wait for proxy sessions still scanning (the milter drained itself)."""
+        if self.pipeline is None:
+            return
+        deadline = time.monotonic() + deadline_s
+        while self.pipeline.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # polling a counter; no event to wait on
+        if self.pipeline.in_flight:
+            log.warning(
+                "shutdown deadline passed: %d scans abandoned", self.pipeline.in_flight
+            )
 
-RESTART_ONLY = ("milter", "metrics")
+
+RESTART_ONLY = ("milter", "metrics", "proxy")
 """Config sections fixed at startup: the listeners and what they negotiate."""
 
 

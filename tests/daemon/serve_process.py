@@ -62,9 +62,11 @@ class ServeProcess:
         policy: Table | None = None,
         domains: Sequence[Table] = (),
         lists: Table | None = None,
+        proxy: Table | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.milter_port = milter_port
+        self.proxy = dict(proxy) if proxy is not None else {"listen": ""}
         (self.metrics_port,) = free_ports(1)
         self.root = Path(tempfile.mkdtemp(prefix="pgserve-", dir="/tmp"))
         self.state_dir = self.root / "state"
@@ -87,6 +89,7 @@ class ServeProcess:
         sections = [
             toml_table("milter", {"listen": f"inet:127.0.0.1:{self.milter_port}"}),
             toml_table("metrics", {"listen": f"127.0.0.1:{self.metrics_port}"}),
+            toml_table("proxy", self.proxy),
             toml_table("storage", {"state_dir": str(self.state_dir)}),
             toml_table("policy", policy or {}),
             *(toml_table("[policy.domains]", domain) for domain in domains),

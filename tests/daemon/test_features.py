@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from mailfactory import as_bytes, html, phish, plain
-from phishgate.daemon.auth import FAIL, PASS, UNKNOWN, DkimVerifier, trusted_auth_results
+from phishgate.daemon.auth import (
+    FAIL,
+    PASS,
+    UNKNOWN,
+    DkimVerifier,
+    trusted_auth_results,
+)
 from phishgate.daemon.features import FEATURE_NAMES, FeatureExtractor, Features
 from phishgate.daemon.message import parse_message
 from phishgate.daemon.urls import lookalike_of, skeleton
@@ -37,7 +43,9 @@ def test_link_text_mismatch() -> None:
     feats = extract(raw)
     assert feats.get("url_text_mismatch") == 1
     assert "mybank.com" in feats.facts["url_text_mismatch"]
-    honest = extract(as_bytes(html('<a href="https://www.mybank.com/a">mybank.com</a>')))
+    honest = extract(
+        as_bytes(html('<a href="https://www.mybank.com/a">mybank.com</a>'))
+    )
     assert honest.get("url_text_mismatch") == 0
 
 
@@ -102,7 +110,9 @@ def test_html_attachment() -> None:
 
 def test_display_name_brand_and_address() -> None:
     """A display name that claims a brand or shows another address."""
-    feats = extract(as_bytes(plain(sender='"service@paypal.com" <x@mailer.example.net>')))
+    feats = extract(
+        as_bytes(plain(sender='"service@paypal.com" <x@mailer.example.net>'))
+    )
     assert feats.get("from_display_has_addr") == 1
     assert feats.get("from_display_addr_mismatch") == 1
     assert feats.get("from_display_brand") == 1
@@ -119,7 +129,11 @@ def test_lexicons_several_languages() -> None:
 def test_hashed_text_is_stable() -> None:
     """Text hashing uses CRC-32, so buckets do not depend on the process."""
     feats = extract(as_bytes(plain("password")))
-    words = [n for n, v in zip(FEATURE_NAMES, feats.values, strict=True) if v and n.startswith("word_")]
+    words = [
+        n
+        for n, v in zip(FEATURE_NAMES, feats.values, strict=True)
+        if v and n.startswith("word_")
+    ]
     # crc32(b"password") % 256 is a fixed number on every machine
     import zlib
 
@@ -128,7 +142,9 @@ def test_hashed_text_is_stable() -> None:
 
 def _signed(key: bytes) -> bytes:
     raw = as_bytes(plain(sender="Bob <bob@example.org>"))
-    sig = dkim.sign(raw, b"sel", b"example.org", key, include_headers=[b"from", b"subject"])
+    sig = dkim.sign(
+        raw, b"sel", b"example.org", key, include_headers=[b"from", b"subject"]
+    )
     return sig + raw
 
 
@@ -170,7 +186,10 @@ def test_dkim_lookups_are_cached() -> None:
 
 def test_authentication_results_only_from_trusted_authserv() -> None:
     """Only a configured authserv-id's verdicts are believed."""
-    headers = ["mx.trusted.example; spf=pass; dkim=fail; dmarc=fail", "evil.example; dmarc=pass"]
+    headers = [
+        "mx.trusted.example; spf=pass; dkim=fail; dmarc=fail",
+        "evil.example; dmarc=pass",
+    ]
     result = trusted_auth_results(headers, frozenset({"mx.trusted.example"}))
     assert (result.spf, result.dkim, result.dmarc) == (PASS, FAIL, FAIL)
     untrusted = trusted_auth_results(headers, frozenset({"other.example"}))
@@ -210,5 +229,9 @@ def test_list_footer_does_not_reach_text_features() -> None:
     )
     a = extract(as_bytes(plain(body)))
     b = extract(as_bytes(plain(body + footer)))
-    text_slots = [i for i, n in enumerate(FEATURE_NAMES) if n.startswith(("word_", "bigram_", "lex_"))]
+    text_slots = [
+        i
+        for i, n in enumerate(FEATURE_NAMES)
+        if n.startswith(("word_", "bigram_", "lex_"))
+    ]
     assert np.array_equal(a.values[text_slots], b.values[text_slots])

@@ -62,7 +62,8 @@ def _nested(depth: int) -> bytes:
     parts = []
     for level in range(depth):
         parts.append(
-            b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (level, level)
+            b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n"
+            % (level, level)
         )
     inner = b"Content-Type: text/plain\r\n\r\ndeep\r\n"
     tail = b"".join(b"\r\n--b%d--\r\n" % level for level in reversed(range(depth)))
