@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ from .pipeline import HEADER_PREFIX, Decision, MessageEnvelope, Pipeline
 from .policy import SEVERITY
 from .quarantine import QuarantineStore, store_decision
 
-__all__ = ["ProxyServer", "ProxySMTP"]
+__all__ = ["ProxySMTP", "ProxyServer"]
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from mailfactory import as_bytes, phish, plain
-from phishgate.daemon.labels import record_label
 from phishgate.daemon.headers import rewrite_headers
+from phishgate.daemon.labels import record_label
 from phishgate.daemon.proxy import _split_params
 from phishgate.daemon.quarantine import QuarantineStore
 
