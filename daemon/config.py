@@ -56,6 +56,11 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    scan_processes: int = 0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9775"
 
@@ -120,6 +125,7 @@ class LoggingConfig:
 class Config:
     """The whole configuration; ``source`` names the file it came from."""
 
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
@@ -213,6 +219,8 @@ def _validate(config: Config) -> Config:
         ("proxy.reinject", config.proxy.reinject),
     ):
         _check_host_port(value, key, optional=key != "proxy.reinject")
+    if not 0 <= config.daemon.scan_processes <= 256:
+        raise ConfigError("daemon.scan_processes: between 0 and 256")
     if config.quarantine.retention_days < 1:
         raise ConfigError("quarantine.retention_days: must be at least 1")
     try:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .config import Config
+from .engine import ScanEngine, ThreadEngine
 from .metrics import Metrics
 from .model import Verdict
 from .policy import Policy, PolicyResult
@@ -68,31 +68,30 @@ class Pipeline:
     def __init__(
         self,
         config: Config,
-        scanner: Scanner,
+        engine: ScanEngine | Scanner,
         metrics: Metrics,
         verdict_log: VerdictLog | None,
-        workers: int = 4,
     ) -> None:
         self.config = config
-        self.scanner = scanner
+        self.engine = _as_engine(engine)
         self.policy = Policy(config)
         self.metrics = metrics
         self.verdict_log = verdict_log
         self.in_flight = 0
-        self._executor = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="scan"
-        )
 
-    def reconfigure(self, config: Config, scanner: Scanner | None = None) -> None:
+    def reconfigure(
+        self, config: Config, engine: ScanEngine | Scanner | None = None
+    ) -> None:
         """Swap in a new config (and model); in-flight messages keep the old."""
         self.config = config
         self.policy = Policy(config)
-        if scanner is not None:
-            self.scanner = scanner
-            self.metrics.set_model(scanner.model.version)
+        if engine is not None:
+            old, self.engine = self.engine, _as_engine(engine)
+            self.metrics.set_model(self.engine.model_version)
+            old.close()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
 
     async def inspect(self, envelope: MessageEnvelope, raw: bytes) -> Decision:
         """Decide on one message; never raises."""
@@ -114,13 +113,11 @@ class Pipeline:
         if len(raw) > config.policy.max_scan_bytes:
             self.metrics.errors.labels(reason="size").inc()
             return self._skipped(envelope, "skipped-size")
-        scanner = self.scanner  # a reload between here and the end changes nothing
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor, scanner.scan, raw, envelope.mail_from
-        )
+        engine = self.engine  # a reload between here and the end changes nothing
         try:
-            result = await asyncio.wait_for(future, config.policy.scan_timeout_s)
+            result = await asyncio.wait_for(
+                engine.scan(raw, envelope.mail_from), config.policy.scan_timeout_s
+            )
         except TimeoutError:
             log.warning(
                 "queue_id=%s: scan timed out after %.1f s",
@@ -248,3 +245,7 @@ def fold(value: str, width: int = 76) -> str:
             current += piece
     lines.append(current)
     return "\n\t".join(lines)
+
+
+def _as_engine(engine: ScanEngine | Scanner) -> ScanEngine:
+    return ThreadEngine(engine) if isinstance(engine, Scanner) else engine

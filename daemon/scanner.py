@@ -6,6 +6,7 @@ metrics and the benchmark can say where the time goes.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ class ScanResult:
     parse_s: float
     features_s: float
     model_s: float
+    worker_pid: int = 0
+    """The process that scanned (the daemon's own, or a scan worker's)."""
 
     @property
     def scan_s(self) -> float:
@@ -72,6 +75,7 @@ class Scanner:
             parse_s=t1 - t0,
             features_s=t2 - t1,
             model_s=t3 - t2,
+            worker_pid=os.getpid(),
         )
 
     def features(self, raw: bytes) -> Features:

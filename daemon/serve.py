@@ -29,17 +29,14 @@ from pathlib import Path
 
 from phishgate.milter import MilterOptions, MilterServer, TempFail
 
-from .auth import DkimVerifier, system_dns_lookup
 from .config import Config, ConfigError, load_config
-from .features import FeatureExtractor
-from .message import Limits
+from .engine import ScanEngine, make_engine
 from .metrics import Metrics
 from .milterfront import MilterFrontDoor
-from .model import Model, ModelError
+from .model import ModelError
 from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
-from .scanner import Scanner
 from .systemd import notify
 from .verdictlog import VerdictLog
 
@@ -48,23 +45,7 @@ __all__ = ["Daemon", "run"]
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DEADLINE_S = 20.0
-
-
-def build_scanner(config: Config) -> Scanner:
-    """Load the configured model and the extractor that feeds it."""
-    model = Model.load(config.model.path or None)
-    dkim = None
-    if config.auth.dkim_verify:
-        dkim = DkimVerifier(system_dns_lookup, timeout=config.auth.dns_timeout_s)
-    limits = Limits(max_bytes=config.policy.max_scan_bytes)
-    extractor = FeatureExtractor(
-        dkim=dkim,
-        trusted_authserv_ids=frozenset(
-            a.lower() for a in config.auth.trusted_authserv_ids
-        ),
-        max_urls=limits.max_urls,
-    )
-    return Scanner(model, extractor, limits)
+AIOSMTPD_LOGGER = "mail.log"
 
 
 class Daemon:
@@ -84,13 +65,13 @@ class Daemon:
 
     async def startup(self) -> None:
         config = self.config
-        scanner = build_scanner(config)
+        engine = await make_engine(config)
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.verdict_log = VerdictLog(state_dir)
         self.verdict_log.start()
-        self.pipeline = Pipeline(config, scanner, self.metrics, self.verdict_log)
-        self.metrics.set_model(scanner.model.version)
+        self.pipeline = Pipeline(config, engine, self.metrics, self.verdict_log)
+        self.metrics.set_model(engine.model_version)
         self.metrics.build.info({"version": _version()})
         if config.metrics.listen:
             self.metrics.serve(config.metrics.listen)
@@ -126,7 +107,7 @@ class Daemon:
             config.milter.listen,
             config.proxy.listen or "(off)",
             config.metrics.listen or "(off)",
-            scanner.model.version,
+            engine.model_version,
             state_dir,
         )
         notify("READY=1")
@@ -169,29 +150,27 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             _check_reloadable(self.config, config)
-            scanner = await asyncio.get_running_loop().run_in_executor(
-                None, build_scanner, config
-            )
+            engine = await make_engine(config)
         except (ConfigError, ModelError, OSError) as exc:
             self._refuse_reload(str(exc))
         except Exception:  # a bug in loading must not leave systemd "reloading"
             log.exception("reload failed")
             self._refuse_reload("internal error (traceback above)")
         else:
-            self._swap(config, scanner)
+            self._swap(config, engine)
         notify("READY=1")
 
     def _refuse_reload(self, why: str) -> None:
         log.error("reload refused, keeping the running configuration: %s", why)
         self.metrics.config_reloads.labels(result="refused").inc()
 
-    def _swap(self, config: Config, scanner: Scanner) -> None:
+    def _swap(self, config: Config, engine: ScanEngine) -> None:
         assert self.pipeline is not None  # set by startup()
         self.config = config
-        self.pipeline.reconfigure(config, scanner)
+        self.pipeline.reconfigure(config, engine)
         configure_logging(config)
         self.metrics.config_reloads.labels(result="ok").inc()
-        log.info("reloaded %s; model %s", config.source, scanner.model.version)
+        log.info("reloaded %s; model %s", config.source, engine.model_version)
 
     async def serve(self) -> None:
         await self.stopping.wait()
@@ -297,6 +276,10 @@ def configure_logging(config: Config) -> None:
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
         handler.setFormatter(logging.Formatter(fmt))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # aiosmtpd logs every SMTP command, addresses included, at INFO: that is
+    # several lines per proxied message, so only at debug.
+    smtp_level = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+    logging.getLogger(AIOSMTPD_LOGGER).setLevel(smtp_level)
 
 
 def run(config_path: str | None) -> int:
