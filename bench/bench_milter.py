@@ -128,6 +128,8 @@ CONNECT_MACROS = {"j": "mx.bench.test", "{daemon_name}": "smtpd", "v": "Postfix"
 RECIPIENT = "user@bench.test"
 
 CONFIG = """\
+[daemon]
+scan_processes = {scan_processes}
 [milter]
 listen = "inet:{host}:{milter_port}"
 [proxy]
@@ -396,8 +398,9 @@ def proc_cpu_s(pid: int) -> float:
 class Daemon:
     """``phishgate serve`` in a subprocess, on free ports, state in ``workdir``."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, scan_processes: int = 0) -> None:
         self.workdir = workdir
+        self.scan_processes = scan_processes
         self.milter_port = free_port()
         self.metrics_port = free_port()
         self.log_path = workdir / "serve.log"
@@ -418,6 +421,7 @@ class Daemon:
                 milter_port=self.milter_port,
                 metrics_port=self.metrics_port,
                 state_dir=state,
+                scan_processes=self.scan_processes,
             )
         )
         command = [sys.executable, "-m", "phishgate.daemon.cli", "serve"]
@@ -630,7 +634,7 @@ def bench_phishgate(
 ) -> tuple[list[Phase], list[str]]:
     """One run: a fresh daemon, every concurrency level, the daemon's complaints."""
     with tempfile.TemporaryDirectory(prefix="phishgate-bench-") as workdir:
-        daemon = Daemon(Path(workdir))
+        daemon = Daemon(Path(workdir), args.scan_processes)
         daemon.start()
         try:
             phases = asyncio.run(run_phases(daemon, messages, concurrencies, args))
@@ -859,6 +863,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=20, help="messages, not timed")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per reply")
     ap.add_argument("--peers", action="store_true", help="rspamd in the same sitting")
+    ap.add_argument(
+        "--scan-processes", type=int, default=0, help="[daemon] scan_processes"
+    )
     ap.add_argument("--peers-dir", default="../shared/peers")
     return ap.parse_args()
 
