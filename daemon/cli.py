@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check_config(sub)
     _add_log(sub)
     _add_quarantine(sub)
+    _add_install(sub)
     _add_scan(sub)
     _add_train(sub)
     _add_evaluate(sub)
@@ -109,6 +110,20 @@ def _add_quarantine(sub: Any) -> None:
     q.add_argument("ids", nargs="+", metavar="ID")
     qs.add_parser("purge", parents=[common], help="remove entries past their retention")
     p.set_defaults(func=cmd_quarantine)
+
+
+def _add_install(sub: Any) -> None:
+    p = sub.add_parser(
+        "postfix-snippet", help="print the Postfix lines for a front door"
+    )
+    _add_config_option(p)
+    p.add_argument("--mode", choices=["milter", "content-filter"], default="milter")
+    p.set_defaults(func=cmd_postfix_snippet)
+    p = sub.add_parser("install-systemd", help="install unit files, config, user")
+    p.add_argument(
+        "--root", default="/", metavar="DIR", help="install under DIR (default /)"
+    )
+    p.set_defaults(func=cmd_install_systemd)
 
 
 def _add_scan(sub: Any) -> None:
@@ -281,6 +296,31 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         print(f"phishgate: config: {exc}", file=sys.stderr)
         return EXIT_PARTIAL
     return quarantine_command(config, args)
+
+
+def cmd_postfix_snippet(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .install import postfix_snippet
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"phishgate: config: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    print(postfix_snippet(config, args.mode), end="")
+    return EXIT_OK
+
+
+def cmd_install_systemd(args: argparse.Namespace) -> int:
+    from .config import Config
+    from .install import install_systemd, postfix_snippet
+
+    for line in install_systemd(Path(args.root)):
+        print(line)
+    print("\nAdd to Postfix (or use --mode content-filter):\n")
+    print(postfix_snippet(Config(), "milter"))
+    print("Then: systemctl enable --now phishgate && postfix reload")
+    return EXIT_OK
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

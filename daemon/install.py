@@ -1,0 +1,145 @@
+"""``phishgate postfix-snippet`` and ``phishgate install-systemd``.
+
+The snippet is generated from the configuration, so the ports and socket
+Postfix is told about are the ones the daemon listens on. The installer
+writes the unit files (with ``ExecStart`` pointing at this virtual
+environment's ``phishgate``), an example configuration if none exists and
+the state directories; with ``--root DIR`` it writes only under DIR, which
+is how it is tested.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .config import Config
+
+__all__ = ["install_systemd", "postfix_snippet"]
+
+USER = "phishgate"
+UNITS = ("phishgate.service",)
+
+
+def postfix_snippet(config: Config, mode: str) -> str:
+    """The main.cf (and master.cf) lines for the configured front door."""
+    if mode == "milter":
+        content_timeout = max(60, int(config.policy.scan_timeout_s * 3))
+        listen = config.milter.listen
+        if listen.startswith("inet:"):
+            target = "inet:" + listen.removeprefix("inet:")
+        else:
+            target = listen
+        return "\n".join(
+            [
+                "# /etc/postfix/main.cf",
+                f"smtpd_milters = {target}",
+                "non_smtpd_milters = $smtpd_milters",
+                "milter_protocol = 6",
+                "milter_default_action = accept",
+                "milter_connect_timeout = 10s",
+                "milter_command_timeout = 30s",
+                f"milter_content_timeout = {content_timeout}s",
+                "",
+            ]
+        )
+    host, _, port = config.proxy.listen.rpartition(":")
+    rhost, _, rport = config.proxy.reinject.rpartition(":")
+    return "\n".join(
+        [
+            "# /etc/postfix/main.cf",
+            f"content_filter = scan:[{host}]:{port}",
+            "receive_override_options = no_address_mappings",
+            "",
+            "# /etc/postfix/master.cf",
+            "scan      unix  -       -       n       -       10      smtp",
+            "  -o smtp_send_xforward_command=yes",
+            "  -o disable_mime_output_conversion=yes",
+            "  -o smtp_generic_maps=",
+            f"  -o smtp_data_done_timeout={max(120, int(config.proxy.timeout_s * 2))}s",
+            f"{rhost}:{rport} inet  n  -  n  -  10  smtpd",
+            "  -o content_filter=",
+            "  -o receive_override_options=no_unknown_recipient_checks,"
+            "no_header_body_checks,no_milters",
+            "  -o smtpd_helo_restrictions=",
+            "  -o smtpd_client_restrictions=",
+            "  -o smtpd_sender_restrictions=",
+            "  -o smtpd_relay_restrictions=",
+            "  -o smtpd_recipient_restrictions=permit_mynetworks,reject",
+            "  -o mynetworks=127.0.0.0/8",
+            "  -o smtpd_authorized_xforward_hosts=127.0.0.0/8",
+            "",
+        ]
+    )
+
+
+def _unit_text(name: str, executable: str) -> str:
+    text = resources.files("phishgate.daemon").joinpath("data", name).read_text()
+    return text.replace("/opt/phishgate/venv/bin/phishgate", executable)
+
+
+def _example_config() -> str:
+    return (
+        resources.files("phishgate.daemon")
+        .joinpath("data", "phishgate.example.toml")
+        .read_text()
+    )
+
+
+def install_systemd(root: Path, executable: str | None = None) -> list[str]:
+    """Write units, config and directories under *root*; returns what it did."""
+    executable = (
+        executable
+        or shutil.which("phishgate")
+        or str(Path(sys.executable).with_name("phishgate"))
+    )
+    done = []
+    unit_dir = root / "etc/systemd/system"
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    for name in UNITS:
+        (unit_dir / name).write_text(_unit_text(name, executable))
+        done.append(f"wrote {unit_dir / name}")
+    config_dir = root / "etc/phishgate"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    config = config_dir / "phishgate.toml"
+    if not config.exists():
+        config.write_text(_example_config())
+        done.append(f"wrote {config}")
+    if root == Path("/"):
+        done += _create_user()
+    return done
+
+
+def _create_user() -> list[str]:
+    """The system user, and postfix in its group for the milter socket."""
+    done = []
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--home-dir",
+                "/var/lib/phishgate",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ],
+            check=True,
+        )
+        done.append(f"created system user {USER}")
+    try:
+        pwd.getpwnam("postfix")
+    except KeyError:
+        return done
+    subprocess.run(["usermod", "-a", "-G", USER, "postfix"], check=True)
+    done.append(f"added postfix to group {USER}")
+    if os.path.isdir("/run/systemd/system"):
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+    return done

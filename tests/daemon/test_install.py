@@ -1,0 +1,64 @@
+"""The installer into a temporary root, the unit files, the Postfix snippets."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from phishgate.daemon.config import load_config, parse_config
+from phishgate.daemon.install import install_systemd, postfix_snippet
+
+
+def test_install_into_a_root_writes_only_there(tmp_path: Path) -> None:
+    """Units with this venv's phishgate and a valid config, all under --root."""
+    done = install_systemd(tmp_path, executable="/venv/bin/phishgate")
+    unit = (tmp_path / "etc/systemd/system/phishgate.service").read_text()
+    assert "ExecStart=/venv/bin/phishgate serve" in unit
+    assert "Type=notify" in unit and "ProtectSystem=strict" in unit
+    config = tmp_path / "etc/phishgate/phishgate.toml"
+    assert load_config(config).milter.listen == "inet:127.0.0.1:8895"
+    assert all(str(tmp_path) in line for line in done)
+
+
+def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
+    """An admin's configuration is never overwritten."""
+    config = tmp_path / "etc/phishgate/phishgate.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[milter]\nlisten = "unix:/run/phishgate/milter.sock"\n')
+    install_systemd(tmp_path, executable="/venv/bin/phishgate")
+    assert "unix:" in config.read_text()
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="no systemd-analyze"
+)
+def test_unit_files_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify accepts the installed unit."""
+    exe = tmp_path / "phishgate"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    install_systemd(tmp_path, executable=str(exe))
+    unit = tmp_path / "etc/systemd/system/phishgate.service"
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_snippets_follow_the_config() -> None:
+    """The milter and content-filter lines name the configured ports."""
+    config = parse_config(
+        '[milter]\nlisten = "inet:127.0.0.1:9999"\n'
+        '[proxy]\nlisten = "127.0.0.1:11025"\nreinject = "127.0.0.1:11026"\n',
+        "t",
+    )
+    milter = postfix_snippet(config, "milter")
+    assert "smtpd_milters = inet:127.0.0.1:9999" in milter
+    content = postfix_snippet(config, "content-filter")
+    assert "content_filter = scan:[127.0.0.1]:11025" in content
+    assert "127.0.0.1:11026 inet" in content
