@@ -248,8 +248,7 @@ def _sender_features(
         bool(raw_from)
         and (
             not sender.domain
-            or raw_from.count("@") > 1
-            and not _EMAIL.search(sender.name)
+            or (raw_from.count("@") > 1 and not _EMAIL.search(sender.name))
         )
     )
     _display_name(sender, values, facts)
@@ -374,13 +373,26 @@ def _visible_text(parsed: ParsedMessage, html: HtmlInfo) -> str:
 
 
 def _links(parsed: ParsedMessage, html: HtmlInfo, limit: int) -> list[Link]:
-    links = list(html.links[:limit])
+    footer = _footer_urls(parsed.text, limit) | _footer_urls(html.text, limit)
+    links = [link for link in html.links[:limit] if link.url not in footer]
     seen = {link.url for link in links}
-    for url in find_urls(parsed.text, limit - len(links)):
+    text = (
+        strip_list_footers(parsed.text[: MAX_TEXT_CHARS * 3]) if footer else parsed.text
+    )
+    for url in find_urls(text, limit - len(links)):
         if url not in seen:
             links.append(Link(url))
             seen.add(url)
     return links
+
+
+def _footer_urls(text: str, limit: int) -> set[str]:
+    """URLs that only a mailing-list footer wrote (list pages, opt-out links)."""
+    head = text[: MAX_TEXT_CHARS * 3]
+    kept = strip_list_footers(head)
+    if len(kept) == len(head):
+        return set()
+    return set(find_urls(head, limit)) - set(find_urls(kept, limit))
 
 
 def _url_features(

@@ -76,8 +76,9 @@ def _scan_tree(tree: HTMLParser, info: HtmlInfo, max_links: int) -> None:
     for node in tree.css("[style]"):
         if _HIDDEN_STYLE.search(node.attributes.get("style") or ""):
             info.hidden_chars += len(node.text(strip=True))
-    for node in tree.css("[onclick], [onload], [onerror], [onmouseover]"):
-        info.n_event_handlers += 1
+    info.n_event_handlers += len(
+        tree.css("[onclick], [onload], [onerror], [onmouseover]")
+    )
 
 
 def _scan_forms(tree: HTMLParser, info: HtmlInfo) -> None:

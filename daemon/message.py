@@ -176,7 +176,8 @@ _BOUNDARY = re.compile(rb"boundary\s*=", re.I)
 
 def _parse_bytes(raw: bytes, limits: Limits, parsed: ParsedMessage) -> Message | None:
     """The stdlib parse, cut short before nesting deep enough to recurse away."""
-    starts = [m.start() for m in _BOUNDARY.finditer(raw, 0, len(raw))][: limits.max_depth * 4 + 2]
+    budget = limits.max_depth * 4 + 2
+    starts = [m.start() for m in _BOUNDARY.finditer(raw, 0, len(raw))][:budget]
     if len(starts) > limits.max_depth * 4 + 1:
         raw = raw[: starts[-1]]
         parsed.limits_hit.add("depth")

@@ -68,7 +68,7 @@ def find_urls(text: str, limit: int) -> list[str]:
 
 @lru_cache(maxsize=16384)
 def org_domain(host: str) -> str:
-    """Return the registered domain of *host* (``a.b.example.co.uk`` -> ``example.co.uk``)."""
+    """Return the registered domain: ``a.b.example.co.uk`` -> ``example.co.uk``."""
     host = host.strip().strip(".").lower()
     if not host:
         return ""
@@ -148,6 +148,8 @@ def _script(ch: str) -> str:
 
 
 # Characters that render like Latin letters, and digit swaps kits use.
+# The table is made of lookalikes on purpose:
+# ruff: noqa: RUF001
 _CONFUSABLE = str.maketrans(
     {
         "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x",
@@ -199,10 +201,7 @@ def _one_edit(a: str, b: str) -> bool:
             and a[diffs[1]] == b[diffs[0]]
         )
     short, long_ = (a, b) if len(a) < len(b) else (b, a)
-    for i in range(len(long_)):
-        if long_[:i] + long_[i + 1 :] == short:
-            return True
-    return False
+    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
 
 
 def brand_in_host(info: UrlInfo) -> str:

@@ -84,18 +84,22 @@ def _rebuild(msg: Message, text: str, seed: int) -> bytes:
     body = client(text, cid if with_image else "")
     html_part: Message = MIMEText(body, "html", "utf-8")
     if with_image:
-        related = MIMEMultipart("related")
+        related = MIMEMultipart("related", boundary=f"=_rel_{seed:08x}")
         related.attach(html_part)
         related.attach(_inline_image(cid, seed))
         html_part = related
     if html_only:
         twin: Message = html_part
     else:
-        twin = MIMEMultipart("alternative")
+        twin = MIMEMultipart("alternative", boundary=f"=_alt_{seed:08x}")
         twin.attach(MIMEText(text, "plain", "utf-8"))
         twin.attach(html_part)
     for key, value in msg.items():
-        if key.lower() not in ("content-type", "content-transfer-encoding", "mime-version"):
+        if key.lower() not in (
+            "content-type",
+            "content-transfer-encoding",
+            "mime-version",
+        ):
             twin[key] = value
     if "MIME-Version" not in twin:
         twin["MIME-Version"] = "1.0"
@@ -211,10 +215,10 @@ _MSO_HEAD = (
     'xmlns="http://www.w3.org/TR/REC-html40"><head>'
     '<meta http-equiv="Content-Type" content="text/html; charset=utf-8">'
     '<meta name="Generator" content="Microsoft Word 15 (filtered medium)">'
-    "<style><!--\n@font-face\n\t{font-family:\"Cambria Math\";}\n"
+    '<style><!--\n@font-face\n\t{font-family:"Cambria Math";}\n'
     "@font-face\n\t{font-family:Calibri;}\n"
     "p.MsoNormal, li.MsoNormal, div.MsoNormal\n\t{margin:0cm;\n\tfont-size:11.0pt;"
-    "\n\tfont-family:\"Calibri\",sans-serif;}\n"
+    '\n\tfont-family:"Calibri",sans-serif;}\n'
     "a:link, span.MsoHyperlink\n\t{mso-style-priority:99;\n\tcolor:#0563C1;"
     "\n\ttext-decoration:underline;}\n"
     "span.EmailStyle17\n\t{mso-style-type:personal-compose;}\n"
@@ -228,11 +232,17 @@ _MSO_HEAD = (
 )
 
 
+_MSO_EMPTY = "<o:p>&nbsp;</o:p>"
+
+
 def _mso_para(paragraph: str) -> str:
-    return "".join(
-        f'<p class="MsoNormal">{_inline(line) or "<o:p>&nbsp;</o:p>"}<o:p></o:p></p>'
-        for line in paragraph.split("\n")
-    ) + '<p class="MsoNormal"><o:p>&nbsp;</o:p></p>'
+    return (
+        "".join(
+            f'<p class="MsoNormal">{_inline(line) or _MSO_EMPTY}<o:p></o:p></p>'
+            for line in paragraph.split("\n")
+        )
+        + '<p class="MsoNormal"><o:p>&nbsp;</o:p></p>'
+    )
 
 
 def _outlook(text: str, cid: str) -> str:

@@ -19,7 +19,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from phishgate.daemon.features import FEATURE_NAMES, FeatureExtractor
 from phishgate.daemon.message import parse_message
 from phishgate.daemon.model import CLASSES

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from phishgate.daemon.model import Model
 
 from .dataset import CorpusSpec, load_corpora
@@ -39,7 +38,8 @@ def format_evaluation(ev: dict[str, Any]) -> str:
         )
     for fpr, row in ev["at_test_fpr"].items():
         lines.append(
-            f"at ham FPR {fpr:<6} (threshold set on this ham): phish recall {row['phish_recall']}"
+            f"at ham FPR {fpr:<6} (threshold set on this ham): "
+            f"phish recall {row['phish_recall']}"
         )
     lines.append(
         f"HTML ham: {ev['html_ham_n']} messages, FPR at quarantine "
@@ -60,7 +60,8 @@ def print_training_report(meta: dict[str, Any], out: Path) -> None:
         meta.get("validation", {}).get("leave_one_source_out_ham", {}).items()
     ):
         print(
-            f"  left-out ham {name}: n={row['n']} FPR@0.5={row['fpr_at_0.5']} p99={row['p99_score']}"
+            f"  left-out ham {name}: n={row['n']} FPR@0.5={row['fpr_at_0.5']} "
+            f"p99={row['p99_score']}"
         )
     if meta.get("evaluation"):
         print("test part:")

@@ -6,7 +6,6 @@ import base64
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from mailfactory import as_bytes, phish, plain
 from phishgate.daemon.message import Limits, parse_message, sniff_type
 

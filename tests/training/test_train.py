@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mailfactory import as_bytes, html, plain
 from phishgate.daemon.model import Model
 from phishgate.daemon.scanner import Scanner
@@ -22,14 +21,46 @@ from phishgate.training.dataset import CorpusSpec, load_corpora
 from phishgate.training.metrics import roc_auc, threshold_at_fpr
 from phishgate.training.train import TrainConfig, fit, train_and_write
 
-HAM_WORDS = (
-    "meeting agenda patch review kernel build minutes lunch project schedule "
-    "release notes thanks draft report budget team update tomorrow friday"
-).split()
-PHISH_WORDS = (
-    "verify account suspended password urgent immediately confirm login "
-    "security unusual activity invoice payment locked restore access"
-).split()
+HAM_WORDS = [
+    "meeting",
+    "agenda",
+    "patch",
+    "review",
+    "kernel",
+    "build",
+    "minutes",
+    "lunch",
+    "project",
+    "schedule",
+    "release",
+    "notes",
+    "thanks",
+    "draft",
+    "report",
+    "budget",
+    "team",
+    "update",
+    "tomorrow",
+    "friday",
+]
+PHISH_WORDS = [
+    "verify",
+    "account",
+    "suspended",
+    "password",
+    "urgent",
+    "immediately",
+    "confirm",
+    "login",
+    "security",
+    "unusual",
+    "activity",
+    "invoice",
+    "payment",
+    "locked",
+    "restore",
+    "access",
+]
 BRANDS = ("paypal", "microsoft", "netflix", "amazon", "docusign")
 
 
@@ -112,13 +143,21 @@ def test_model_learns_and_is_written(corpora: dict[str, Path], tmp_path: Path) -
         CorpusSpec(str(corpora["ham_test"]), "ham"),
         CorpusSpec(str(corpora["phish_test"]), "phish"),
     ]
-    config = TrainConfig(rounds=40, choose_thresholds=False, augment_html=0.3, threads=1)
-    meta = train_and_write(_train_specs(corpora), test_specs, out, config, progress=lambda _: None)
+    config = TrainConfig(
+        rounds=40, choose_thresholds=False, augment_html=0.3, threads=1
+    )
+    meta = train_and_write(
+        _train_specs(corpora), test_specs, out, config, progress=lambda _: None
+    )
     assert meta["evaluation"]["roc_auc_phish_vs_rest"] >= 0.98
     assert meta["evaluation"]["per_class"]["phish"]["recall"] >= 0.9
     stored = json.loads((out / "meta.json").read_text())
     assert stored["version"] == meta["version"]
-    assert {s["file"] for s in stored["training"]["sources"]} == {"ham", "phish", "spam"}
+    assert {s["file"] for s in stored["training"]["sources"]} == {
+        "ham",
+        "phish",
+        "spam",
+    }
     scanner = Scanner(Model.load(out))
     phish = scanner.scan((corpora["phish_test"] / "0.eml").read_bytes())
     ham = scanner.scan((corpora["ham_test"] / "0.eml").read_bytes())
@@ -130,7 +169,10 @@ def test_shuffled_labels_learn_nothing(corpora: dict[str, Path]) -> None:
     """With labels shuffled, held-out AUC falls to chance: the harness adds nothing."""
     train = load_corpora(_train_specs(corpora), progress=False, workers=1)
     test = load_corpora(
-        [CorpusSpec(str(corpora["ham_test"]), "ham"), CorpusSpec(str(corpora["phish_test"]), "phish")],
+        [
+            CorpusSpec(str(corpora["ham_test"]), "ham"),
+            CorpusSpec(str(corpora["phish_test"]), "phish"),
+        ],
         progress=False,
         workers=1,
     )
@@ -141,7 +183,9 @@ def test_shuffled_labels_learn_nothing(corpora: dict[str, Path]) -> None:
     assert 0.2 < auc < 0.8
 
 
-def test_duplicates_are_dropped_across_corpora(corpora: dict[str, Path], tmp_path: Path) -> None:
+def test_duplicates_are_dropped_across_corpora(
+    corpora: dict[str, Path], tmp_path: Path
+) -> None:
     """The same message in two corpora is kept once (by Message-ID and body)."""
     copy = tmp_path / "copy"
     copy.mkdir()
