@@ -152,6 +152,9 @@ class FeatureExtractor:
         self.dkim = dkim
         self.trusted_authserv_ids = trusted_authserv_ids
         self.max_urls = max_urls
+        # Off when the model never splits on the hashed n-grams (the bundled
+        # one does not): they are then all cost and no signal.
+        self.text_hashing = True
 
     def extract(self, parsed: ParsedMessage, raw: bytes | None = None) -> Features:
         """Return the features of *parsed*; *raw* enables DKIM verification."""
@@ -169,9 +172,12 @@ class FeatureExtractor:
         _url_features(links, sender, values, facts)
         _html_features(parsed, html, sender, values, facts)
         _attachment_features(parsed, values, facts)
+        if html.truncated:
+            values["limit_hit"] = 1.0
         words = _words(text)
         _text_features(text, words, values)
-        _hash_text(brands.words_of(parsed.subject), words, vec)
+        if self.text_hashing:
+            _hash_text(brands.words_of(parsed.subject), words, vec)
         values["text_words"] = _log(len(words))
         for name, value in values.items():
             vec[_INDEX[name]] = value

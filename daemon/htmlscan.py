@@ -44,6 +44,25 @@ class HtmlInfo:
     n_data_html: int = 0
     n_elements: int = 0
     n_tables: int = 0
+    truncated: bool = False
+
+
+# lexbor's parse time grows with the square of the nesting depth: 40,000
+# unclosed <div> take seconds, a megabyte of them minutes. Mail never nests
+# that deep, so a document with more unclosed tags than this is cut there.
+MAX_UNCLOSED_TAGS = 4000
+_OPEN_TAG = re.compile(r"<[a-zA-Z]")
+_CLOSE_TAG = re.compile(r"</[a-zA-Z]")
+
+
+def cap_nesting(doc: str) -> tuple[str, bool]:
+    """Cut *doc* before its nesting could get deep enough to be slow."""
+    if doc.count("<") <= MAX_UNCLOSED_TAGS:
+        return doc, False
+    opens = [m.start() for m in _OPEN_TAG.finditer(doc)]
+    if len(opens) - len(_CLOSE_TAG.findall(doc)) <= MAX_UNCLOSED_TAGS:
+        return doc, False
+    return doc[: opens[MAX_UNCLOSED_TAGS]], True
 
 
 def scan_html(documents: list[str], max_links: int) -> HtmlInfo:
@@ -51,6 +70,8 @@ def scan_html(documents: list[str], max_links: int) -> HtmlInfo:
     info = HtmlInfo()
     texts = []
     for doc in documents:
+        doc, cut = cap_nesting(doc)
+        info.truncated = info.truncated or cut
         try:
             tree = HTMLParser(doc)
         except Exception:  # selectolax raises on undecodable input only

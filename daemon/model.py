@@ -168,6 +168,12 @@ class Model:
     def __init__(self, booster: lgb.Booster, meta: dict[str, Any], path: Path) -> None:
         self.booster = booster
         self.explainer = PathExplainer(booster, len(CLASSES), PHISH)
+        splits = booster.feature_importance(importance_type="split")
+        self.uses_text_hashing = any(
+            count > 0
+            for name, count in zip(FEATURE_NAMES, splits, strict=True)
+            if name.startswith(("word_", "bigram_", "char_"))
+        )
         self.meta = meta
         self.path = path
         self.version: str = str(meta["version"])

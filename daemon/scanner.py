@@ -50,6 +50,7 @@ class Scanner:
     ) -> None:
         self.model = model
         self.extractor = extractor or FeatureExtractor(max_urls=limits.max_urls)
+        self.extractor.text_hashing = model.uses_text_hashing
         self.limits = limits
 
     def parse(self, raw: bytes, envelope_from: str = "") -> ParsedMessage:

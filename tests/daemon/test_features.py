@@ -235,3 +235,29 @@ def test_list_footer_does_not_reach_text_features() -> None:
         if n.startswith(("word_", "bigram_", "lex_", "url_"))
     ]
     assert np.array_equal(a.values[text_slots], b.values[text_slots])
+
+
+def test_hostile_nesting_is_cut_and_recorded() -> None:
+    """Deeply nested unclosed tags are cut before parsing and flagged as a limit."""
+    from phishgate.daemon.htmlscan import MAX_UNCLOSED_TAGS, cap_nesting
+
+    doc = "<div>" * (MAX_UNCLOSED_TAGS * 10) + "text"
+    cut, truncated = cap_nesting(doc)
+    assert truncated and cut.count("<div>") == MAX_UNCLOSED_TAGS
+    newsletter = "<table>" + "<tr><td>cell</td></tr>" * 5000 + "</table>"
+    assert cap_nesting(newsletter) == (newsletter, False)
+    feats = extract(as_bytes(html(doc)))
+    assert feats.get("limit_hit") == 1
+
+
+def test_scanner_skips_hashing_the_model_never_uses() -> None:
+    """With a model that has no n-gram splits, the hashed columns stay zero."""
+    from phishgate.daemon.model import Model
+    from phishgate.daemon.scanner import Scanner
+
+    model = Model.load()
+    scanner = Scanner(model)
+    assert scanner.extractor.text_hashing == model.uses_text_hashing
+    values = scanner.features(as_bytes(plain("password reset now"))).values
+    hashed = [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("word_")]
+    assert bool(values[hashed].any()) == model.uses_text_hashing
