@@ -109,28 +109,43 @@ class PathExplainer:
 
     def __init__(self, booster: lgb.Booster, n_classes: int, target: int) -> None:
         dump = booster.dump_model()
-        self.trees: list[int] = []
-        self.paths: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
-        for index, tree in enumerate(dump["tree_info"]):
-            if index % n_classes == target:
-                self.trees.append(index)
-                self.paths.append(_leaf_paths(tree["tree_structure"]))
+        trees = [
+            (index, _leaf_paths(tree["tree_structure"]))
+            for index, tree in enumerate(dump["tree_info"])
+            if index % n_classes == target
+        ]
         self.n_features = booster.num_feature()
+        self.trees = np.array([index for index, _ in trees], dtype=np.intp)
+        # One flat table: the path of (tree t, leaf l) is
+        # feats/deltas[start[t, l] : start[t, l] + length[t, l]].
+        width = max((max(paths, default=0) + 1 for _, paths in trees), default=1)
+        self.start = np.zeros((len(trees), width), dtype=np.intp)
+        self.length = np.zeros((len(trees), width), dtype=np.intp)
+        feats: list[np.ndarray] = []
+        deltas: list[np.ndarray] = []
+        offset = 0
+        for row, (_, paths) in enumerate(trees):
+            for leaf, (f, d) in paths.items():
+                self.start[row, leaf], self.length[row, leaf] = offset, len(f)
+                feats.append(f)
+                deltas.append(d)
+                offset += len(f)
+        self.feats = np.concatenate(feats) if feats else np.zeros(0, dtype=np.intp)
+        self.deltas = np.concatenate(deltas) if deltas else np.zeros(0)
 
     def contributions(self, leaves: np.ndarray) -> np.ndarray:
-        """Contributions for one row of ``pred_leaf`` output."""
-        feats, deltas = [], []
-        for tree, table in zip(self.trees, self.paths, strict=True):
-            path = table.get(int(leaves[tree]))
-            if path is not None:
-                feats.append(path[0])
-                deltas.append(path[1])
-        if not feats:
+        """Contributions for one row of ``pred_leaf`` output (vectorised)."""
+        rows = np.arange(len(self.trees))
+        picked = leaves[self.trees].astype(np.intp)
+        starts, lengths = self.start[rows, picked], self.length[rows, picked]
+        total = int(lengths.sum())
+        if total == 0:
             return np.zeros(self.n_features)
+        # positions start[i] .. start[i] + length[i] - 1 for every tree, at once
+        ends = np.cumsum(lengths)
+        index = np.arange(total) - np.repeat(ends - lengths - starts, lengths)
         return np.bincount(
-            np.concatenate(feats),
-            weights=np.concatenate(deltas),
-            minlength=self.n_features,
+            self.feats[index], weights=self.deltas[index], minlength=self.n_features
         )
 
 

@@ -1,0 +1,76 @@
+"""The model file format, its checks, and the path explainer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mailfactory import as_bytes, phish, plain
+from phishgate.daemon.features import SCHEMA_VERSION
+from phishgate.daemon.model import PHISH, Model, ModelError, default_model_dir
+from phishgate.daemon.scanner import Scanner
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(default_model_dir(), target)
+    return target
+
+
+def test_bundled_model_loads_with_thresholds() -> None:
+    """The bundled model loads, matches the schema and has ordered thresholds."""
+    model = Model.load()
+    assert model.meta["schema_version"] == SCHEMA_VERSION
+    t = model.thresholds
+    assert 0 < t.tag <= t.quarantine <= t.reject <= 1
+
+
+def test_tampered_model_file_is_refused(model_copy: Path) -> None:
+    """A model.txt that does not match its recorded checksum is refused."""
+    with (model_copy / "model.txt").open("a") as fh:
+        fh.write("\n")
+    with pytest.raises(ModelError, match="checksum"):
+        Model.load(model_copy)
+
+
+def test_other_schema_is_refused(model_copy: Path) -> None:
+    """A model trained for another feature schema is refused, naming both."""
+    meta = json.loads((model_copy / "meta.json").read_text())
+    meta["schema_version"] = SCHEMA_VERSION + 1
+    (model_copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="schema"):
+        Model.load(model_copy)
+
+
+def test_missing_or_garbage_meta_is_refused(model_copy: Path) -> None:
+    """No meta.json, or not JSON, gives a ModelError, not a traceback."""
+    (model_copy / "meta.json").write_text("{not json")
+    with pytest.raises(ModelError):
+        Model.load(model_copy)
+    (model_copy / "meta.json").unlink()
+    with pytest.raises(ModelError):
+        Model.load(model_copy)
+
+
+def test_path_contributions_add_up_to_the_raw_score() -> None:
+    """Per-feature contributions plus the tree roots equal the phish margin."""
+    model = Model.load()
+    scanner = Scanner(model)
+    dump = model.booster.dump_model()
+    roots = sum(
+        tree["tree_structure"].get(
+            "internal_value", tree["tree_structure"].get("leaf_value", 0.0)
+        )
+        for index, tree in enumerate(dump["tree_info"])
+        if index % 3 == PHISH
+    )
+    for raw in (as_bytes(phish()), as_bytes(plain())):
+        x = scanner.features(raw).values.reshape(1, -1).astype(np.float64)
+        leaves = model.booster.predict(x, pred_leaf=True)[0]
+        margin = model.booster.predict(x, raw_score=True)[0][PHISH]
+        contrib = model.explainer.contributions(np.asarray(leaves))
+        assert contrib.sum() + roots == pytest.approx(margin, abs=1e-6)
