@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_probe(sub)
+    _add_report(sub)
+    _add_retrain(sub)
+    _add_model(sub)
     return parser
 
 
@@ -203,6 +206,57 @@ def _add_probe(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_probe)
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="label messages as an admin (for retraining)")
+    _add_config_option(p)
+    p.add_argument("--label", required=True, choices=["phish", "ham", "spam"])
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="FILE",
+        help="file, -, directory, Maildir, mbox[.gz], tar[.gz]",
+    )
+    p.set_defaults(func=cmd_report)
+
+
+def _add_retrain(sub: Any) -> None:
+    p = sub.add_parser(
+        "retrain",
+        help="train on the labels, publish if not worse "
+        "(exit 0 published, 3 refused, 4 too few labels)",
+    )
+    _add_config_option(p)
+    p.add_argument(
+        "--min-labels",
+        type=int,
+        metavar="N",
+        help="new labels needed since the last published model "
+        "(default [retrain] min_new_labels)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="train even with too few new labels"
+    )
+    p.set_defaults(func=cmd_retrain)
+
+
+def _add_model(sub: Any) -> None:
+    p = sub.add_parser("model", help="list, show, activate, roll back models")
+    common = argparse.ArgumentParser(add_help=False)
+    _add_config_option(common)
+    ms = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = ms.add_parser("list", parents=[common], help="versions, active one marked")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q = ms.add_parser("show", parents=[common], help="metadata and gate figures")
+    q.add_argument("version", metavar="VERSION")
+    q.add_argument("--json", action="store_true", help="the whole meta.json")
+    q = ms.add_parser(
+        "activate", parents=[common], help="serve VERSION (checked first)"
+    )
+    q.add_argument("version", metavar="VERSION")
+    ms.add_parser("rollback", parents=[common], help="back to the previous version")
+    p.set_defaults(func=cmd_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -414,6 +468,117 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from phishgate.training.probe import run_probe
 
     return run_probe(args.corpus, as_json=args.json)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The configuration, or None after printing why it is unusable."""
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"phishgate: config: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from email.parser import BytesHeaderParser
+    from email.policy import compat32
+
+    from .labels import record_label
+
+    config = _config(args)
+    if config is None:
+        return EXIT_PARTIAL
+    failed = 0
+    for path in args.paths:
+        for item in iter_messages(path):
+            name = (
+                item.source if item.member is None else f"{item.source}:{item.member}"
+            )
+            if item.raw is None:
+                print(
+                    f"phishgate: {name}: {item.error or 'unreadable'}", file=sys.stderr
+                )
+                failed += 1
+                continue
+            header = BytesHeaderParser(policy=compat32).parsebytes(item.raw)
+            message_id = " ".join(str(header["Message-ID"] or "").split())
+            record_label(config.state_dir, item.raw, args.label, "admin", message_id)
+            print(f"{name}: labelled {args.label} {message_id or '(no Message-ID)'}")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from phishgate.training.retrain import EXIT_ERROR, RetrainError, retrain
+
+    config = _config(args)
+    if config is None:
+        return EXIT_ERROR
+    # The decision is the point of the run: show INFO even without -v.
+    logging.getLogger("phishgate").setLevel(
+        logging.DEBUG if args.verbose else logging.INFO
+    )
+    try:
+        outcome = retrain(config, min_labels=args.min_labels, force=args.force)
+    except (RetrainError, ModelError, OSError, sqlite3.Error, ValueError) as exc:
+        logging.getLogger(__name__).error("retrain failed: %s", exc)
+        return EXIT_ERROR
+    return outcome.exit_status
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from . import models_dir
+
+    config = _config(args)
+    if config is None:
+        return EXIT_PARTIAL
+    state_dir = config.state_dir
+    if args.action == "list":
+        _print_versions(models_dir.list_versions(state_dir), args.json)
+    elif args.action == "show":
+        _print_meta(models_dir.show(state_dir, args.version), args.json)
+    elif args.action == "activate":
+        model = models_dir.activate(state_dir, args.version)
+        print(f"active: {args.version} ({model.version})")
+    else:
+        model = models_dir.rollback(state_dir)
+        print(f"active: {models_dir.active_version(state_dir)} ({model.version})")
+    return EXIT_OK
+
+
+def _gate_text(gate: dict[str, Any] | None) -> str:
+    if not gate:
+        return "-"
+    held = gate.get("holdback", {}).get("candidate", {})
+    canary = gate.get("canary", {}).get("candidate", {})
+    return (
+        f"{gate.get('decision')} holdback recall={held.get('phish_recall')} "
+        f"fpr={held.get('ham_fpr')} canary recall={canary.get('phish_recall')} "
+        f"fpr={canary.get('ham_fpr')}"
+    )
+
+
+def _print_versions(versions: list[Any], as_json: bool) -> None:
+    for info in versions:
+        if as_json:
+            print(json.dumps(info.as_json(), ensure_ascii=False))
+            continue
+        mark = "*" if info.active else " "
+        detail = f"error: {info.error}" if info.error else _gate_text(info.gate)
+        print(f"{mark} {info.version:<36} {info.created or '-':<21} {detail}")
+
+
+def _print_meta(meta: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False))
+        return
+    for key in ("version", "path", "active", "created", "parent", "thresholds"):
+        print(f"{key}: {meta.get(key, '-')}")
+    if meta.get("gate"):
+        print("gate: " + json.dumps(meta["gate"], indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    """``phishgate retrain``: what it learns from and when it may publish."""
+
+    corpora: tuple[str, ...] = ()
+    min_new_labels: int = 50
+    tolerance: float = 0.01
+    holdback_share: float = 0.2
+    rounds: int = 60
+
+
+@dataclass(frozen=True)
 class DomainPolicy:
     """Overrides for recipients in one domain (and its subdomains)."""
 
@@ -132,6 +143,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -250,7 +262,25 @@ def _validate(config: Config) -> Config:
     for i, net in enumerate(config.auth.trusted_authserv_ids):
         if not net:
             raise ConfigError(f"auth.trusted_authserv_ids[{i}]: empty")
+    _check_retrain(config.retrain)
     return config
+
+
+def _check_retrain(retrain: RetrainConfig) -> None:
+    for i, spec in enumerate(retrain.corpora):
+        path, _, label = spec.rpartition(":")
+        if not path or label not in ("ham", "spam", "phish"):
+            raise ConfigError(
+                f"retrain.corpora[{i}]: expected PATH:ham|spam|phish, got {spec!r}"
+            )
+    if retrain.min_new_labels < 0:
+        raise ConfigError("retrain.min_new_labels: must not be negative")
+    if not 0.0 <= retrain.tolerance < 1.0:
+        raise ConfigError("retrain.tolerance: must be in [0, 1)")
+    if not 0.0 < retrain.holdback_share < 1.0:
+        raise ConfigError("retrain.holdback_share: must be in (0, 1)")
+    if not 1 <= retrain.rounds <= 5000:
+        raise ConfigError("retrain.rounds: between 1 and 5000")
 
 
 def parse_config(text: str, source: str) -> Config:

@@ -155,8 +155,11 @@ def _leaf_paths(root: dict[str, Any]) -> dict[int, tuple[np.ndarray, np.ndarray]
     stack: list[tuple[dict[str, Any], list[int], list[float]]] = [(root, [], [])]
     while stack:
         node, feats, deltas = stack.pop()
-        if "leaf_index" in node:
-            table[int(node["leaf_index"])] = (
+        if "split_feature" not in node:
+            # A tree that could not split is a bare leaf without an index
+            # (continued training makes them for a class with nothing left
+            # to learn); its one leaf is leaf 0.
+            table[int(node.get("leaf_index", 0))] = (
                 np.array(feats, dtype=np.intp),
                 np.array(deltas, dtype=np.float64),
             )
