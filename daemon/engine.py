@@ -22,6 +22,7 @@ from .config import Config
 from .features import FeatureExtractor
 from .message import Limits
 from .model import Model
+from .models_dir import serving_model_dir
 from .scanner import Scanner, ScanResult
 
 __all__ = [
@@ -49,7 +50,7 @@ class ScanEngine(Protocol):
 
 def build_scanner(config: Config) -> Scanner:
     """Load the configured model and the extractor that feeds it."""
-    model = Model.load(config.model.path or None)
+    model = Model.load(serving_model_dir(config))
     dkim = None
     if config.auth.dkim_verify:
         dkim = DkimVerifier(system_dns_lookup, timeout=config.auth.dns_timeout_s)
