@@ -37,6 +37,7 @@ from .model import ModelError
 from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
+from .reload import ModelWatcher
 from .systemd import notify
 from .verdictlog import VerdictLog
 
@@ -61,7 +62,9 @@ class Daemon:
         self.milter: MilterServer | None = None
         self.proxy: ProxyServer | None = None
         self.store: QuarantineStore | None = None
+        self.watcher: ModelWatcher | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     async def startup(self) -> None:
         config = self.config
@@ -100,6 +103,8 @@ class Daemon:
         self.metrics.milter_connections.set_function(lambda: milter.connections)
         if config.proxy.listen:
             await self._start_proxy(config)
+        self.watcher = ModelWatcher(state_dir / "models", self._schedule_reload)
+        self.watcher.start()
         log.info(
             "phishgate %s serving milter on %s, proxy on %s, metrics on %s, "
             "model %s, state in %s",
@@ -139,8 +144,21 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
 
     def _schedule_reload(self) -> None:
-        if self._reload_task is None or self._reload_task.done():
-            self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+        """Start a reload, or ask for one more if one is running.
+
+        A request that arrives while a reload reads the old files must not
+        be lost (a rollback right after an activation), so it is queued.
+        """
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self._reloads())
+
+    async def _reloads(self) -> None:
+        self._reload_again = True
+        while self._reload_again:
+            self._reload_again = False
+            await self.reload()
 
     async def reload(self) -> None:
         """Check the new config and model aside; swap only if both are good."""
@@ -177,6 +195,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         notify("STOPPING=1")
+        if self.watcher is not None:
+            self.watcher.stop()
         log.info(
             "shutting down: finishing in-flight messages (deadline %.0f s)",
             SHUTDOWN_DEADLINE_S,
