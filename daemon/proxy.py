@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiosmtplib
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from .headers import rewrite_headers
 from .pipeline import HEADER_PREFIX, Decision, MessageEnvelope, Pipeline
 from .policy import SEVERITY
 from .quarantine import QuarantineStore, store_decision
 
-__all__ = ["ProxySMTP", "ProxyServer"]
+__all__ = ["ProxyHandler", "ProxySMTP", "ProxyServer", "read_data"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,20 @@ log = logging.getLogger(__name__)
 OK_250 = "250 2.0.0 Ok: {what}"
 TEMPFAIL_451 = "451 4.3.0 Error: {why}, try again later"
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+REINJECT_MAX_IDLE = 16
+"""Idle re-injection sessions kept (Postfix's scan transport opens up to 10)."""
+REINJECT_IDLE_S = 2.0
+"""Idle sessions are closed after this, as smtp_connection_cache_time_limit."""
+REINJECT_REUSE_S = 10.0
+"""Sessions are not reused past this age (smtp_connection_reuse_time_limit)."""
+MAX_LINE_BYTES = 1024 * 1024
+"""Longest line taken in DATA. smtp(8) folds at smtp_line_length_limit (998)
+unless set to 0; aiosmtpd's own limit, 1001, would answer 500: a bounce."""
 _MAIL_PASS_THROUGH = ("RET=", "ENVID=")
+_DOT_LINE = b".\r\n"
+"""Ends the message data when it starts a line (RFC 5321 4.1.1.4)."""
+NULL_PATH = "<>"
+"""RFC 5321 4.5.5: the reverse-path of notifications (bounces, DSNs, MDNs)."""
 
 
 @dataclass
@@ -66,11 +80,18 @@ class ProxySMTP(SMTP):
     """aiosmtpd's server, plus XFORWARD and pass-through DSN parameters."""
 
     extras: _Extras
+    line_length_limit = MAX_LINE_BYTES
 
     def _set_rset_state(self) -> None:
         super()._set_rset_state()  # type: ignore[no-untyped-call]  # aiosmtpd is untyped here
         xforward = getattr(self, "extras", _Extras()).xforward
         self.extras = _Extras(xforward=xforward)
+
+    def _set_post_data_state(self) -> None:
+        # Each transaction brings its own MAIL/RCPT parameters and, from
+        # Postfix, its own XFORWARD: nothing carries over to the next one.
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd is untyped here
+        self.extras = _Extras()
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         for item in arg.split():
@@ -98,6 +119,63 @@ class ProxySMTP(SMTP):
         if self.envelope is not None and len(self.envelope.rcpt_tos) > count:
             self.extras.rcpt_params.append(params)
 
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message in large pieces, not by line.
+
+        aiosmtpd reads and checks every line in Python, which costs more than
+        the scan for a large message; here the reader looks for the
+        end-of-data line in bulk. Lines of any length are taken (a 500 after
+        the queue would be a bounce); SIZE is enforced as aiosmtpd does.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None  # set by aiosmtpd before any command
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content = await read_data(self._reader, self.data_size_limit)
+        if content is None:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+
+async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | None:
+    """The message up to the end-of-data line, un-dot-stuffed (RFC 5321 4.5.2).
+
+    None when it is longer than ``limit`` (it is still read to its end). The
+    reader is left just after the end-of-data line, at a pipelined command.
+    """
+    data = bytearray()
+    too_much = False
+    while True:
+        try:
+            data += await reader.readuntil(_DOT_LINE)
+        except asyncio.LimitOverrunError as exc:  # no ".\r\n" for a long while
+            data += await reader.readexactly(exc.consumed)
+        else:
+            end = len(data) - len(_DOT_LINE)
+            if end == 0 or data[end - 2 : end] == b"\r\n":
+                break  # the "." stands alone on its line
+        if limit and len(data) > limit:
+            too_much = True
+            del data[:-2]  # keep what tells the next "." where its line starts
+    if too_much or (limit and end > limit):
+        return None
+    del data[end:]
+    if data[:1] == b".":
+        del data[:1]
+    return bytes(data.replace(b"\r\n.", b"\r\n"))
+
 
 class ProxyHandler:
     """aiosmtpd handler: scan, then re-inject or quarantine."""
@@ -113,6 +191,7 @@ class ProxyHandler:
         self.reinject = reinject
         self.store = store
         self.timeout_s = timeout_s
+        self.sessions = ReinjectSessions(reinject, timeout_s)
 
     async def handle_EHLO(
         self,
@@ -138,6 +217,14 @@ class ProxyHandler:
         msg_env = _message_envelope(session, envelope, extras)
         try:
             return await self._handle(msg_env, raw, envelope, extras)
+        except ReinjectError as exc:
+            log.warning(
+                "queue_id=%s: re-injection to %s:%d failed: %s",
+                msg_env.queue_id or "-",
+                *self.reinject,
+                exc,
+            )
+            return TEMPFAIL_451.format(why="re-injection failed")
         except Exception:  # never lose mail to our own bug: Postfix retries
             log.exception("queue_id=%s: proxy error", msg_env.queue_id or "-")
             return TEMPFAIL_451.format(why="internal error")
@@ -165,8 +252,10 @@ class ProxyHandler:
         decision: Decision,
         extras: _Extras,
     ) -> str:
-        if action in ("quarantine", "reject"):
-            return await self._quarantine(raw, msg_env, decision, [r for r, _ in rcpts])
+        if action == "quarantine":
+            # The stored copy says what happened to it, also for a reject.
+            held = replace(decision, headers=_with_action(decision.headers, action))
+            return await self._quarantine(raw, msg_env, held, [r for r, _ in rcpts])
         tag = decision.subject_tag if action == "tag" else ""
         message = rewrite_headers(raw, _with_action(decision.headers, action), tag)
         await self._reinject(message, msg_env, rcpts, extras)
@@ -195,29 +284,164 @@ class ProxyHandler:
         rcpts: list[tuple[str, list[str]]],
         extras: _Extras,
     ) -> None:
-        host, port = self.reinject
+        """One SMTP transaction into Postfix; ReinjectError if it did not take it."""
+        client = await self.sessions.take()
+        try:
+            await _transaction(client, message, msg_env, rcpts, extras)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self.sessions.discard(client)
+            raise ReinjectError(str(exc)) from exc
+        self.sessions.give_back(client)
+
+    def close(self) -> None:
+        """Drop the idle re-injection sessions."""
+        self.sessions.close()
+
+
+class ReinjectError(Exception):
+    """Postfix's re-injection smtpd refused the message or could not be reached."""
+
+
+class ReinjectSessions:
+    """SMTP sessions to the re-injection smtpd, reused between messages.
+
+    A new connection costs the greeting, EHLO and QUIT round trips on every
+    message; Postfix's own smtp(8) caches sessions for the same reason, and
+    with the same limits: a session goes back only after a complete
+    transaction, it is probed with RSET before reuse (a session the server
+    closed is replaced before any of the message is sent), it is closed when
+    idle for ``idle_s`` or older than ``reuse_s``. Each open session holds
+    one of the re-injection smtpd's processes (``maxproc``); the age limit
+    lets anybody else waiting for one (``phishgate quarantine release``) in.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        timeout_s: float,
+        max_idle: int = REINJECT_MAX_IDLE,
+        idle_s: float = REINJECT_IDLE_S,
+        reuse_s: float = REINJECT_REUSE_S,
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.max_idle = max_idle
+        self.idle_s = idle_s
+        self.reuse_s = reuse_s
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._opened: dict[aiosmtplib.SMTP, float] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+        self._quitting: set[asyncio.Task[None]] = set()
+
+    async def take(self) -> aiosmtplib.SMTP:
+        """A live session after EHLO; ReinjectError if none can be opened."""
+        while self._idle:
+            client, _ = self._idle.pop()
+            try:
+                await client.rset()
+                return client
+            except (aiosmtplib.SMTPException, OSError):
+                self.discard(client)
+        return await self._open()
+
+    async def _open(self) -> aiosmtplib.SMTP:
+        host, port = self.address
         client = aiosmtplib.SMTP(
             hostname=host, port=port, timeout=self.timeout_s, start_tls=False
         )
-        await client.connect()
         try:
+            await client.connect()
             await client.ehlo()
-            if extras.xforward and client.supports_extension("xforward"):
-                attrs = " ".join(f"{k}={v}" for k, v in extras.xforward.items())
-                await _expect(client, f"XFORWARD {attrs}")
-            mail_options = [p for p in extras.mail_params if _supported(client, p)]
-            await client.mail(msg_env.mail_from, options=mail_options)
-            for rcpt, params in rcpts:
-                await client.rcpt(
-                    rcpt,
-                    options=[p for p in params if client.supports_extension("dsn")],
-                )
-            await client.data(message)
-        finally:
-            try:
-                await client.quit()
-            except aiosmtplib.SMTPException:
-                client.close()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise ReinjectError(str(exc)) from exc
+        self._opened[client] = time.monotonic()
+        return client
+
+    def give_back(self, client: aiosmtplib.SMTP) -> None:
+        """Keep a session after a complete transaction, within the limits."""
+        now = time.monotonic()
+        young = now - self._opened.get(client, now) < self.reuse_s
+        if young and len(self._idle) < self.max_idle and client.is_connected:
+            self._idle.append((client, now))
+            self._schedule_expiry()
+        else:
+            self._quit(client)
+
+    def discard(self, client: aiosmtplib.SMTP) -> None:
+        """Drop a session in an unknown state: no QUIT, never reused."""
+        self._opened.pop(client, None)
+        client.close()
+
+    def close(self) -> None:
+        """Close every idle session (at shutdown)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        while self._idle:
+            self.discard(self._idle.pop()[0])
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is None:
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_later(self.idle_s, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        now = time.monotonic()
+        stale = [c for c, since in self._idle if now - since >= self.idle_s]
+        self._idle = [(c, t) for c, t in self._idle if now - t < self.idle_s]
+        for client in stale:
+            self._quit(client)
+        if self._idle:
+            self._schedule_expiry()
+
+    def _quit(self, client: aiosmtplib.SMTP) -> None:
+        """QUIT in the background (no reply is waited for on the mail path)."""
+        self._opened.pop(client, None)
+        task = asyncio.get_running_loop().create_task(_quit(client))
+        self._quitting.add(task)
+        task.add_done_callback(self._quitting.discard)
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+
+
+async def _transaction(
+    client: aiosmtplib.SMTP,
+    message: bytes,
+    msg_env: MessageEnvelope,
+    rcpts: list[tuple[str, list[str]]],
+    extras: _Extras,
+) -> None:
+    """XFORWARD, MAIL, RCPT..., DATA with the original envelope."""
+    if extras.xforward and client.supports_extension("xforward"):
+        attrs = " ".join(f"{k}={v}" for k, v in extras.xforward.items())
+        await _expect(client, f"XFORWARD {attrs}")
+    options = _mail_options(client, extras.mail_params, message)
+    # RFC 6531: a UTF-8 envelope goes on the wire as UTF-8 under SMTPUTF8;
+    # aiosmtplib encodes addresses as ASCII unless told otherwise.
+    utf8 = any(p.upper() == "SMTPUTF8" for p in options)
+    encoding = "utf-8" if utf8 else "ascii"
+    dsn = client.supports_extension("dsn")
+    await client.mail(msg_env.mail_from, options=options, encoding=encoding)
+    for rcpt, params in rcpts:
+        await client.rcpt(rcpt, options=params if dsn else [], encoding=encoding)
+    await client.data(message)
+
+
+def _mail_options(
+    client: aiosmtplib.SMTP, params: list[str], message: bytes
+) -> list[str]:
+    """MAIL FROM parameters the re-injection smtpd offers; SIZE of what we send."""
+    return [
+        f"SIZE={len(message)}" if p.upper().startswith("SIZE=") else p
+        for p in params
+        if _supported(client, p)
+    ]
 
 
 def _with_action(
@@ -260,7 +484,8 @@ def _message_envelope(
         client_addr=xf.get("ADDR", "") or (session.peer[0] if session.peer else ""),
         client_name=xf.get("NAME", ""),
         helo=xf.get("HELO", session.host_name or ""),
-        mail_from=envelope.mail_from or "",
+        # aiosmtpd keeps the null reverse-path (bounces, DSNs) as "<>".
+        mail_from="" if envelope.mail_from == NULL_PATH else envelope.mail_from or "",
         rcpt_to=tuple(envelope.rcpt_tos),
     )
 
@@ -315,6 +540,7 @@ class ProxyServer:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        self.handler.close()
 
     async def wait_closed(self) -> None:
         if self._server is not None:

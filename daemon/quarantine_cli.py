@@ -1,7 +1,8 @@
 """``phishgate quarantine``: one view of phishgate's store and Postfix's hold queue.
 
 Entries in the store have ids like ``20261203T154500-3f9a0c1b2d4e``; entries in
-Postfix's hold queue are shown by their queue id with ``where = hold``.
+Postfix's hold queue are shown by their queue id with ``where = hold``, their
+score and reasons taken from the verdict log row of that queue id.
 Releasing re-injects a stored message into Postfix's re-injection smtpd
 (``[proxy] reinject``, which has no filters) for its original recipients,
 or runs ``postsuper -H`` for a held one, and records a ``ham`` label from
@@ -10,10 +11,12 @@ the admin (a wrong quarantine is the best training example there is).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,15 +28,32 @@ from typing import Any
 from .config import Config
 from .labels import record_label
 from .quarantine import QuarantineEntry, QuarantineStore
+from .verdictlog import DB_NAME
 
 __all__ = ["hold_entries", "quarantine_command"]
 
 log = logging.getLogger(__name__)
 
+POSTFIX_TIMEOUT_S = 30
+"""Seconds for one postqueue/postsuper/postcat run."""
+SQL_VARIABLES = 500
+"""Queue ids per verdict-log query (SQLite limits bound parameters)."""
+
 
 def _postfix_env(config: Config) -> list[str]:
     directory = config.quarantine.postfix_config_dir
     return ["-c", directory] if directory else []
+
+
+def _postfix(config: Config, program: str, *args: str) -> bytes:
+    """Run a Postfix command on the configured instance; its stdout."""
+    path = shutil.which(program) or f"/usr/sbin/{program}"
+    return subprocess.run(
+        [path, *_postfix_env(config), *args],
+        check=True,
+        capture_output=True,
+        timeout=POSTFIX_TIMEOUT_S,
+    ).stdout
 
 
 def hold_entries(config: Config) -> Iterator[dict[str, Any]]:
@@ -65,10 +85,41 @@ def hold_entries(config: Config) -> Iterator[dict[str, Any]]:
                 "recipients": [
                     r.get("address", "") for r in item.get("recipients", [])
                 ],
+                "queue_id": item["queue_id"],
+                "message_id": "",
                 "phish": None,
                 "reasons": [],
                 "where": "hold",
             }
+
+
+def with_verdicts(config: Config, held: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill in message id, score and reasons of hold entries from the verdict log."""
+    path = config.state_dir / DB_NAME
+    if not held or not path.exists():
+        return held
+    found: dict[str, dict[str, Any]] = {}
+    ids = [entry["id"] for entry in held]
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        ) as conn:
+            for start in range(0, len(ids), SQL_VARIABLES):
+                chunk = ids[start : start + SQL_VARIABLES]
+                marks = ", ".join("?" * len(chunk))
+                sql = (  # only "?" marks go into the text; the ids are parameters
+                    "SELECT queue_id, message_id, phish, reasons FROM verdicts "
+                    f"WHERE queue_id IN ({marks}) ORDER BY id"
+                )
+                for queue_id, message_id, phish, reasons in conn.execute(sql, chunk):
+                    found[queue_id] = {
+                        "message_id": message_id or "",
+                        "phish": phish,
+                        "reasons": json.loads(reasons or "[]"),
+                    }
+    except sqlite3.Error as exc:
+        log.warning("verdict log unreadable, hold entries without scores: %s", exc)
+    return [entry | found.get(entry["id"], {}) for entry in held]
 
 
 def _store(config: Config) -> QuarantineStore:
@@ -76,7 +127,8 @@ def _store(config: Config) -> QuarantineStore:
 
 
 def cmd_list(config: Config, as_json: bool) -> int:
-    rows = [e.as_json() for e in _store(config).entries()] + list(hold_entries(config))
+    rows = [e.as_json() for e in _store(config).entries()]
+    rows += with_verdicts(config, list(hold_entries(config)))
     for row in rows:
         if as_json:
             print(json.dumps(row, ensure_ascii=False))
@@ -107,8 +159,11 @@ def cmd_show(config: Config, entry_id: str, raw: bool) -> int:
 
 def _reinject(config: Config, entry: QuarantineEntry, data: bytes) -> None:
     host, _, port = config.proxy.reinject.rpartition(":")
-    with smtplib.SMTP(host, int(port), timeout=60) as smtp:
-        smtp.sendmail(entry.sender, list(entry.recipients), data)
+    envelope = [entry.sender, *entry.recipients]
+    # RFC 6531: a UTF-8 address may only be sent under SMTPUTF8.
+    options = [] if all(a.isascii() for a in envelope) else ["SMTPUTF8"]
+    with smtplib.SMTP(host.strip("[]"), int(port), timeout=60) as smtp:
+        smtp.sendmail(entry.sender, list(entry.recipients), data, mail_options=options)
 
 
 def cmd_release(config: Config, ids: list[str]) -> int:
@@ -140,12 +195,23 @@ def _release_one(
         )
         store.mark(entry_id, "released")
     elif entry_id in held:
-        postsuper = shutil.which("postsuper") or "/usr/sbin/postsuper"
-        subprocess.run(
-            [postsuper, *_postfix_env(config), "-H", entry_id],
-            check=True,
-            capture_output=True,
-            timeout=30,
+        data = _postfix(config, "postcat", "-bh", "-q", entry_id)
+        _postfix(config, "postsuper", "-H", entry_id)
+        # -H moves the message to the deferred queue, which Postfix scans only
+        # every queue_run_delay (300 s by default): ask for delivery now.
+        try:
+            _postfix(config, "postqueue", "-i", entry_id)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning(
+                "released %s; delivery at the next queue run: %s", entry_id, exc
+            )
+        message_id = BytesHeaderParser(policy=compat32).parsebytes(data)["Message-ID"]
+        record_label(
+            config.state_dir,
+            data,
+            "ham",
+            "admin-release",
+            message_id=" ".join(str(message_id or "").split()),
         )
     else:
         raise KeyError("no such held message")
@@ -157,24 +223,26 @@ def cmd_delete(config: Config, ids: list[str]) -> int:
     store, failed = _store(config), 0
     held = {h["id"] for h in hold_entries(config)}
     for entry_id in ids:
-        entry = store.get(entry_id)
-        if entry is not None:
-            store.mark(entry_id, "deleted")
-        elif entry_id in held:
-            postsuper = shutil.which("postsuper") or "/usr/sbin/postsuper"
-            subprocess.run(
-                [postsuper, *_postfix_env(config), "-d", entry_id],
-                check=False,
-                capture_output=True,
-                timeout=30,
-            )
-        else:
-            print(f"phishgate: quarantine: no entry {entry_id}", file=sys.stderr)
+        try:
+            _delete_one(config, store, held, entry_id)
+        except (OSError, subprocess.SubprocessError, KeyError) as exc:
+            print(f"phishgate: quarantine: delete {entry_id}: {exc}", file=sys.stderr)
             failed += 1
-            continue
-        log.info("quarantine: deleted %s", entry_id)
-        print(f"deleted {entry_id}")
     return 1 if failed else 0
+
+
+def _delete_one(
+    config: Config, store: QuarantineStore, held: set[str], entry_id: str
+) -> None:
+    entry = store.get(entry_id)
+    if entry is not None and entry.state == "held":
+        store.mark(entry_id, "deleted")
+    elif entry_id in held:
+        _postfix(config, "postsuper", "-d", entry_id)
+    else:
+        raise KeyError("no such held message")
+    log.info("quarantine: deleted %s", entry_id)
+    print(f"deleted {entry_id}")
 
 
 def cmd_purge(config: Config) -> int:

@@ -74,6 +74,7 @@ class Sink:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.base_events.Server | None = None
+        self._sessions: list[ProxySMTP] = []
 
     def start(self) -> Sink:
         self._thread.start()
@@ -83,7 +84,9 @@ class Sink:
 
     async def _start(self) -> None:
         def factory() -> ProxySMTP:
-            return ProxySMTP(self.handler, enable_SMTPUTF8=True, decode_data=False)
+            session = ProxySMTP(self.handler, enable_SMTPUTF8=True, decode_data=False)
+            self._sessions.append(session)
+            return session
 
         self._server = await self._loop.create_server(factory, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -97,6 +100,14 @@ class Sink:
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
+            # Clients may keep sessions open (the proxy reuses them): end those
+            # too, so no session task is left pending when the loop stops.
+            for session in self._sessions:
+                if session.transport is not None:
+                    session.transport.close()
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.wait(others, timeout=10)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

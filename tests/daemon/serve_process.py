@@ -28,6 +28,8 @@ STARTUP_TIMEOUT = 30.0
 """Seconds for the daemon to import, load the model and listen."""
 EXIT_TIMEOUT = 30.0
 """Seconds for the daemon to exit after SIGTERM (its own deadline is 20 s)."""
+CLI_TIMEOUT = 60.0
+"""Seconds for one ``phishgate`` command (a release waits on Postfix)."""
 READY_LINE = "serving milter on"
 """The INFO line ``phishgate serve`` logs once it listens."""
 
@@ -63,10 +65,12 @@ class ServeProcess:
         domains: Sequence[Table] = (),
         lists: Table | None = None,
         proxy: Table | None = None,
+        quarantine: Table | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.milter_port = milter_port
         self.proxy = dict(proxy) if proxy is not None else {"listen": ""}
+        self.quarantine = dict(quarantine or {})
         (self.metrics_port,) = free_ports(1)
         self.root = Path(tempfile.mkdtemp(prefix="pgserve-", dir="/tmp"))
         self.state_dir = self.root / "state"
@@ -74,6 +78,7 @@ class ServeProcess:
         self.log_path = self.root / "serve.log"
         self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
         self.write_config(policy=policy, domains=domains, lists=lists)
 
     # ------------------------------------------------------------ config
@@ -90,6 +95,7 @@ class ServeProcess:
             toml_table("milter", {"listen": f"inet:127.0.0.1:{self.milter_port}"}),
             toml_table("metrics", {"listen": f"127.0.0.1:{self.metrics_port}"}),
             toml_table("proxy", self.proxy),
+            toml_table("quarantine", self.quarantine),
             toml_table("storage", {"state_dir": str(self.state_dir)}),
             toml_table("policy", policy or {}),
             *(toml_table("[policy.domains]", domain) for domain in domains),
@@ -110,10 +116,11 @@ class ServeProcess:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> ServeProcess:
-        """Start the daemon and wait until it says it is listening."""
+        """Start the daemon (again) and wait until it says it is listening."""
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env.update(self.env)
         command = [sys.executable, "-m", "phishgate.daemon.cli", "serve"]
+        self._log_start = len(self.log_text())
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*command, "--config", str(self.config_path)],
@@ -129,7 +136,8 @@ class ServeProcess:
 
     def _ready_or_dead(self) -> bool:
         assert self.proc is not None  # set by start()
-        return READY_LINE in self.log_text() or self.proc.poll() is not None
+        started = self.log_text()[self._log_start :]
+        return READY_LINE in started or self.proc.poll() is not None
 
     @property
     def pid(self) -> int:
@@ -173,6 +181,24 @@ class ServeProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def run_cli(
+        self, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``phishgate ARGS --config FILE`` for this daemon; its output."""
+        command = [sys.executable, "-m", "phishgate.daemon.cli", *args]
+        result = subprocess.run(
+            [*command, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"phishgate {' '.join(args)}: exit {result.returncode}\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        return result
 
     # ------------------------------------------------------------ observations
 
