@@ -333,9 +333,10 @@ def cmd_log(args: argparse.Namespace) -> int:
         else:
             phish = "-" if row["phish"] is None else f"{row['phish']:.3f}"
             reasons = "; ".join(row["reasons"][:3])
+            label = f" label={row['label']}" if row.get("label") else ""
             print(
                 f"{row['time_iso']} {row['queue_id'] or '-'} {row['action']:<10} "
-                f"phish={phish} {row['message_id'] or '-'} {reasons}"
+                f"phish={phish}{label} {row['message_id'] or '-'} {reasons}"
             )
     return EXIT_OK
 

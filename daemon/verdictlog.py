@@ -171,10 +171,32 @@ def read_verdicts(
     # Only fixed strings go into the SQL text; the values are parameters.
     sql = f"SELECT * FROM verdicts {where} ORDER BY time DESC, id DESC LIMIT ?"
     try:
+        labels = _labels_by_message_id(conn)
         for record in conn.execute(sql, [*params, limit]):
             row = dict(record)
             for key in ("recipients", "reasons"):
                 row[key] = json.loads(row[key]) if row.get(key) else []
+            row["label"] = labels.get(row.get("message_id") or "")
             yield row
     finally:
         conn.close()
+
+
+# Admin labels win over user labels; among equals the newest wins.
+_LABEL_RANK = {"admin": 2, "admin-release": 2, "user-report": 1}
+
+
+def _labels_by_message_id(conn: sqlite3.Connection) -> dict[str, str]:
+    """The winning label of each Message-ID, if the labels table exists."""
+    try:
+        rows = conn.execute(
+            "SELECT message_id, label, source, time FROM labels WHERE message_id != ''"
+        ).fetchall()
+    except sqlite3.OperationalError:  # no labels recorded yet
+        return {}
+    best: dict[str, tuple[int, float, str]] = {}
+    for message_id, label, source, when in rows:
+        key = (_LABEL_RANK.get(source, 0), when or 0.0, label)
+        if message_id not in best or key[:2] >= best[message_id][:2]:
+            best[message_id] = key
+    return {message_id: key[2] for message_id, key in best.items()}
