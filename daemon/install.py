@@ -23,7 +23,7 @@ from .config import Config
 __all__ = ["install_systemd", "postfix_snippet"]
 
 USER = "phishgate"
-UNITS = ("phishgate.service",)
+UNITS = ("phishgate.service", "phishgate-retrain.service", "phishgate-retrain.timer")
 
 
 def postfix_snippet(config: Config, mode: str) -> str:

@@ -35,19 +35,26 @@ def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
     shutil.which("systemd-analyze") is None, reason="no systemd-analyze"
 )
 def test_unit_files_verify(tmp_path: Path) -> None:
-    """systemd-analyze verify accepts the installed unit."""
+    """systemd-analyze verify accepts the service, retrain service and timer."""
     exe = tmp_path / "phishgate"
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
     install_systemd(tmp_path, executable=str(exe))
-    unit = tmp_path / "etc/systemd/system/phishgate.service"
+    units = tmp_path / "etc/systemd/system"
+    names = [
+        "phishgate.service",
+        "phishgate-retrain.service",
+        "phishgate-retrain.timer",
+    ]
     proc = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)],
+        ["systemd-analyze", "verify", *(str(units / n) for n in names)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+    retrain = (units / "phishgate-retrain.service").read_text()
+    assert f"ExecStart={exe} retrain" in retrain
 
 
 def test_snippets_follow_the_config() -> None:
