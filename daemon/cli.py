@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log(sub)
     _add_quarantine(sub)
     _add_install(sub)
+    _add_drift(sub)
     _add_scan(sub)
     _add_train(sub)
     _add_evaluate(sub)
@@ -127,6 +128,21 @@ def _add_install(sub: Any) -> None:
         "--root", default="/", metavar="DIR", help="install under DIR (default /)"
     )
     p.set_defaults(func=cmd_install_systemd)
+
+
+def _add_drift(sub: Any) -> None:
+    p = sub.add_parser("drift", help="PSI of live scores against the reference")
+    _add_config_option(p)
+    p.add_argument(
+        "--window", default="7d", metavar="WHEN", help="e.g. 1d, 7d (default 7d)"
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="store the window as this site's reference",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_drift)
 
 
 def _add_scan(sub: Any) -> None:
@@ -375,6 +391,48 @@ def cmd_install_systemd(args: argparse.Namespace) -> int:
     print("\nAdd to Postfix (or use --mode content-filter):\n")
     print(postfix_snippet(Config(), "milter"))
     print("Then: systemctl enable --now phishgate && postfix reload")
+    return EXIT_OK
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    import time
+
+    from .config import ConfigError, load_config
+    from .drift import (
+        MIN_MESSAGES,
+        model_meta,
+        reference_for,
+        score_drift,
+        take_baseline,
+    )
+    from .models_dir import serving_model_dir
+    from .verdictlog import DB_NAME
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"phishgate: config: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    window = time.time() - _parse_since(args.window)
+    meta = model_meta(serving_model_dir(config))
+    if args.baseline:
+        n = take_baseline(config.state_dir, meta, window)
+        if n < MIN_MESSAGES:
+            print(
+                f"phishgate: drift: only {n} scanned messages in the window",
+                file=sys.stderr,
+            )
+            return EXIT_PARTIAL
+        print(f"baseline stored from {n} messages")
+        return EXIT_OK
+    report = score_drift(
+        config.state_dir / DB_NAME, reference_for(config.state_dir, meta), window
+    )
+    if args.json:
+        print(json.dumps(report.as_json()))
+    else:
+        value = "-" if report.psi is None else f"{report.psi:.3f}"
+        print(f"score: PSI {value} over {report.n} messages: {report.reading}")
     return EXIT_OK
 
 

@@ -82,6 +82,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.drift_psi = Gauge(
+            "phishgate_drift_psi",
+            "Population stability index of live inputs against the reference.",
+            ["feature"],
+            registry=r,
+        )
         self.build = Info("phishgate_build", "Version of phishgate.", registry=r)
 
     def set_model(self, version: str) -> None:

@@ -30,22 +30,26 @@ from pathlib import Path
 from phishgate.milter import MilterOptions, MilterServer, TempFail
 
 from .config import Config, ConfigError, load_config
+from .drift import model_meta, reference_for, score_drift
 from .engine import ScanEngine, make_engine
 from .metrics import Metrics
 from .milterfront import MilterFrontDoor
 from .model import ModelError
+from .models_dir import serving_model_dir
 from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
 from .reload import ModelWatcher
 from .systemd import notify
-from .verdictlog import VerdictLog
+from .verdictlog import DB_NAME, VerdictLog
 
 __all__ = ["Daemon", "run"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DEADLINE_S = 20.0
+DRIFT_INTERVAL_S = 300.0
+DRIFT_WINDOW_S = 86400.0
 AIOSMTPD_LOGGER = "mail.log"
 
 
@@ -65,6 +69,7 @@ class Daemon:
         self.watcher: ModelWatcher | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
+        self._drift_task: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
         config = self.config
@@ -105,6 +110,7 @@ class Daemon:
             await self._start_proxy(config)
         self.watcher = ModelWatcher(state_dir / "models", self._schedule_reload)
         self.watcher.start()
+        self._drift_task = asyncio.get_running_loop().create_task(self._watch_drift())
         log.info(
             "phishgate %s serving milter on %s, proxy on %s, metrics on %s, "
             "model %s, state in %s",
@@ -116,6 +122,31 @@ class Daemon:
             state_dir,
         )
         notify("READY=1")
+
+    async def _watch_drift(self) -> None:
+        """Refresh the drift gauge from the verdict log every few minutes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(None, self._update_drift)
+            except Exception:  # a monitoring error must never touch mail
+                log.exception("drift check failed")
+            await asyncio.sleep(DRIFT_INTERVAL_S)  # a schedule, not synchronisation
+
+    def _update_drift(self) -> None:
+        config = self.config
+        meta = model_meta(serving_model_dir(config))
+        report = score_drift(
+            config.state_dir / DB_NAME,
+            reference_for(config.state_dir, meta),
+            DRIFT_WINDOW_S,
+        )
+        if report.psi is not None:
+            self.metrics.drift_psi.labels(feature="score").set(report.psi)
+            if report.psi > 0.25:
+                log.warning(
+                    "drift: score PSI %.3f over %d messages", report.psi, report.n
+                )
 
     async def _start_proxy(self, config: Config) -> None:
         host, _, port = config.proxy.reinject.rpartition(":")
@@ -195,6 +226,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         notify("STOPPING=1")
+        if self._drift_task is not None:
+            self._drift_task.cancel()
         if self.watcher is not None:
             self.watcher.stop()
         log.info(
