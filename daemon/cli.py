@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError
 from .model import Model, ModelError
 from .scanner import Scanner
 from .sources import iter_messages
@@ -284,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except ConfigError as exc:
+        print(f"phishgate: config: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
     except ModelError as exc:
         print(f"phishgate: model: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -301,14 +305,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import load_config
 
     path = args.file or args.config
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"phishgate: config: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
+    config = load_config(path)
     print(f"{config.source}: OK")
     return EXIT_OK
 
@@ -332,14 +332,10 @@ def _parse_since(text: str) -> float:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import load_config
     from .verdictlog import DB_NAME, read_verdicts
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"phishgate: config: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
+    config = load_config(args.config)
     since = _parse_since(args.since) if args.since else None
     rows = read_verdicts(config.state_dir / DB_NAME, since, args.action, args.limit)
     for row in rows:
@@ -358,26 +354,18 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import load_config
     from .quarantine_cli import quarantine_command
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"phishgate: config: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
+    config = load_config(args.config)
     return quarantine_command(config, args)
 
 
 def cmd_postfix_snippet(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import load_config
     from .install import postfix_snippet
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"phishgate: config: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
+    config = load_config(args.config)
     print(postfix_snippet(config, args.mode), end="")
     return EXIT_OK
 
@@ -397,7 +385,7 @@ def cmd_install_systemd(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     import time
 
-    from .config import ConfigError, load_config
+    from .config import load_config
     from .drift import (
         MIN_MESSAGES,
         model_meta,
@@ -408,11 +396,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from .models_dir import serving_model_dir
     from .verdictlog import DB_NAME
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"phishgate: config: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
+    config = load_config(args.config)
     window = time.time() - _parse_since(args.window)
     meta = model_meta(serving_model_dir(config))
     if args.baseline:
@@ -531,7 +515,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> Any:
     """The configuration, or None after printing why it is unusable."""
-    from .config import ConfigError, load_config
+    from .config import load_config
 
     try:
         return load_config(args.config)
