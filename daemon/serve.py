@@ -29,9 +29,10 @@ from pathlib import Path
 
 from phishgate.milter import MilterOptions, MilterServer, TempFail
 
+from .canary import canary_failures
 from .config import Config, ConfigError, load_config
 from .drift import model_meta, reference_for, score_drift
-from .engine import ScanEngine, make_engine
+from .engine import ScanEngine, build_scanner, make_engine
 from .metrics import Metrics
 from .milterfront import MilterFrontDoor
 from .model import ModelError
@@ -199,6 +200,9 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             _check_reloadable(self.config, config)
+            await asyncio.get_running_loop().run_in_executor(
+                None, _check_canary, config
+            )
             engine = await make_engine(config)
         except (ConfigError, ModelError, OSError) as exc:
             self._refuse_reload(str(exc))
@@ -265,6 +269,13 @@ class Daemon:
 
 RESTART_ONLY = ("milter", "metrics", "proxy")
 """Config sections fixed at startup: the listeners and what they negotiate."""
+
+
+def _check_canary(config: Config) -> None:
+    """Refuse a model that gets any canary message wrong."""
+    failures = canary_failures(build_scanner(config))
+    if failures:
+        raise ModelError(f"canary check failed: {'; '.join(failures[:3])}")
 
 
 def _check_reloadable(old: Config, new: Config) -> None:

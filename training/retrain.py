@@ -52,12 +52,12 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from phishgate.daemon.canary import canary_messages
 from phishgate.daemon.config import Config
 from phishgate.daemon.features import FEATURE_NAMES, SCHEMA_VERSION
 from phishgate.daemon.model import CLASSES, PHISH, Model
@@ -256,12 +256,10 @@ def featurise(raws: list[bytes]) -> np.ndarray:
 
 def load_canary() -> _Examples:
     """The canary set shipped with the package."""
-    folder = resources.files("phishgate.daemon") / "data" / "canary"
-    listing = json.loads((folder / "canary.json").read_text(encoding="utf-8"))
-    entries = listing["messages"]
-    raws = [(folder / e["file"]).read_bytes() for e in entries]
-    y = np.array([CLASSES.index(e["label"]) for e in entries], dtype=np.int32)
-    return _Examples(featurise(raws), y, [e["file"] for e in entries])
+    entries = canary_messages()
+    raws = [raw for _, raw, _ in entries]
+    y = np.array([CLASSES.index(label) for _, _, label in entries], dtype=np.int32)
+    return _Examples(featurise(raws), y, [name for name, _, _ in entries])
 
 
 def _split(

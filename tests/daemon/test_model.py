@@ -74,3 +74,22 @@ def test_path_contributions_add_up_to_the_raw_score() -> None:
         margin = model.booster.predict(x, raw_score=True)[0][PHISH]
         contrib = model.explainer.contributions(np.asarray(leaves))
         assert contrib.sum() + roots == pytest.approx(margin, abs=1e-6)
+
+
+def test_bundled_model_passes_the_canary() -> None:
+    """The shipped canary set is scored right by the bundled model."""
+    from phishgate.daemon.canary import canary_failures, canary_messages
+
+    assert len(canary_messages()) >= 10
+    assert canary_failures(Scanner(Model.load())) == []
+
+
+def test_canary_catches_a_model_that_flags_everything(model_copy: Path) -> None:
+    """A model whose thresholds call all mail phish fails the canary."""
+    from phishgate.daemon.canary import canary_failures
+
+    meta = json.loads((model_copy / "meta.json").read_text())
+    meta["thresholds"] = {"tag": 1e-9, "quarantine": 1e-9, "reject": 1e-9}
+    (model_copy / "meta.json").write_text(json.dumps(meta))
+    failures = canary_failures(Scanner(Model.load(model_copy)))
+    assert failures and all("ham scored" in f for f in failures)
