@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from phishgate.daemon.proxy import ProxySMTP
+from phishgate.daemon.proxy import ProxyHandler, ProxySMTP
 
 
 @dataclass
@@ -32,21 +32,8 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     reply: str = "250 2.0.0 Ok: queued"
 
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        return [
-            responses[0],
-            "250-DSN",
-            "250-XFORWARD NAME ADDR PROTO HELO IDENT SOURCE",
-            *responses[1:],
-        ]
+    # The same extensions as the proxy offers: DSN, XFORWARD, PIPELINING.
+    handle_EHLO = ProxyHandler.handle_EHLO
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -260,3 +261,13 @@ class ServeProcess:
             return found if len(found) >= count else []
 
         return wait_for(enough, timeout, f"{count} verdict rows with {where}")
+
+
+def recipient(domain: str) -> str:
+    """A fresh address in ``domain``, so tests sharing a lab never collide."""
+    return f"{uuid.uuid4().hex[:12]}@{domain}"
+
+
+def message_id() -> str:
+    """A fresh Message-ID, to find the message's verdict row."""
+    return f"<{uuid.uuid4().hex}@client.example.test>"

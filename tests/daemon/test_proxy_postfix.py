@@ -22,7 +22,6 @@ import signal
 import smtplib
 import sqlite3
 import subprocess
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import pytest
 from mailfactory import as_bytes, phish, plain
 from postfixlab import LabFactory, PostfixLab, QueueEntry, free_ports, wait_for
-from serve_process import ServeProcess
+from serve_process import ServeProcess, message_id, recipient
 from smtpsink import Received, Sink
 
 pytestmark = pytest.mark.postfix
@@ -56,16 +55,6 @@ CLIENTS = 5
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def recipient(domain: str) -> str:
-    """A fresh address in ``domain``, so tests sharing a lab never collide."""
-    return f"{uuid.uuid4().hex[:12]}@{domain}"
-
-
-def message_id() -> str:
-    """A fresh Message-ID, to find the message's verdict row."""
-    return f"<{uuid.uuid4().hex}@client.example.test>"
 
 
 def send(

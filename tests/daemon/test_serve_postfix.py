@@ -16,7 +16,6 @@ import smtplib
 import socket
 import struct
 import subprocess
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from email.message import EmailMessage
@@ -26,7 +25,7 @@ import pytest
 from mailfactory import as_bytes, phish, plain
 from phishgate.daemon import cli
 from postfixlab import LabFactory, PostfixLab, wait_for
-from serve_process import ServeProcess
+from serve_process import ServeProcess, message_id, recipient
 
 pytestmark = pytest.mark.postfix
 
@@ -63,16 +62,6 @@ LOG_KEYS = {
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def recipient(domain: str) -> str:
-    """A fresh address in ``domain``, so tests sharing a lab never collide."""
-    return f"{uuid.uuid4().hex[:12]}@{domain}"
-
-
-def message_id() -> str:
-    """A fresh Message-ID, to find the message's verdict row."""
-    return f"<{uuid.uuid4().hex}@client.example.test>"
 
 
 def send(
