@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/phishgate/phishgate.toml")
 QUARANTINE_MODES = ("hold", "store")
 ON_ERROR = ("accept", "tempfail")
 ACTIONS = ("accept", "tag", "quarantine", "reject")
+_ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 
 
 class ConfigError(Exception):
@@ -127,6 +129,27 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """Report addresses: users forward phish (or wrongly flagged mail) here."""
+
+    phish_address: str = ""
+    ham_address: str = ""
+    trusted_networks: tuple[str, ...] = ()
+    forward_to: str = ""
+    acknowledge: bool = False
+    send_via: str = ""
+    rate_limit_per_hour: int = 30
+    accept_unmatched: bool = True
+    match_days: int = 30
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Report address (lower case) -> the label a report to it gives."""
+        pairs = ((self.phish_address, "phish"), (self.ham_address, "ham"))
+        return {address.lower(): label for address, label in pairs if address}
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "text"
@@ -147,6 +170,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "built-in defaults"
 
@@ -263,7 +287,27 @@ def _validate(config: Config) -> Config:
         if not net:
             raise ConfigError(f"auth.trusted_authserv_ids[{i}]: empty")
     _check_retrain(config.retrain)
+    _check_feedback(config.feedback)
     return config
+
+
+def _check_feedback(feedback: FeedbackConfig) -> None:
+    for key in ("phish_address", "ham_address", "forward_to"):
+        value = getattr(feedback, key)
+        if value and not _ADDRESS.fullmatch(value):
+            raise ConfigError(f"feedback.{key}: not a mail address: {value!r}")
+    if feedback.phish_address and (
+        feedback.phish_address.lower() == feedback.ham_address.lower()
+    ):
+        raise ConfigError("feedback.ham_address: must differ from phish_address")
+    if feedback.forward_to.lower() in feedback.addresses:
+        raise ConfigError("feedback.forward_to: must not be a report address")
+    network_list(feedback.trusted_networks, "feedback.trusted_networks")
+    _check_host_port(feedback.send_via, "feedback.send_via", optional=True)
+    if feedback.rate_limit_per_hour < 1:
+        raise ConfigError("feedback.rate_limit_per_hour: must be at least 1")
+    if feedback.match_days < 1:
+        raise ConfigError("feedback.match_days: must be at least 1")
 
 
 def _check_retrain(retrain: RetrainConfig) -> None:

@@ -16,6 +16,7 @@ import email
 import email.errors
 import email.header
 import email.utils
+import hashlib
 import quopri
 import re
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "Attachment",
     "Limits",
     "ParsedMessage",
+    "content_fingerprint",
     "decode_header_value",
     "parse_message",
 ]
@@ -172,6 +174,23 @@ def parse_message(
 
 
 _BOUNDARY = re.compile(rb"boundary\s*=", re.I)
+_WORD = re.compile(r"\w+")
+FINGERPRINT_MIN_WORDS = 8
+
+
+def content_fingerprint(parsed: ParsedMessage) -> str:
+    """A digest of the decoded body's words, or ``""`` for a near-empty body.
+
+    Headers, transfer encodings and line breaks do not enter it, so a message
+    and a copy forwarded as an attachment (re-encoded, with the receiving
+    site's headers and our own added) have the same fingerprint.
+    """
+    body = "\n".join([parsed.text, *parsed.html]).lower()
+    words = _WORD.findall(body)
+    if len(words) < FINGERPRINT_MIN_WORDS:
+        return ""
+    joined = " ".join(words).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(joined).hexdigest()[:32]
 
 
 def _parse_bytes(raw: bytes, limits: Limits, parsed: ParsedMessage) -> Message | None:

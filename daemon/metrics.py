@@ -88,6 +88,24 @@ class Metrics:
             ["feature"],
             registry=r,
         )
+        self.reports = Counter(
+            "phishgate_reports_total",
+            "Reports to the feedback addresses, by result (accepted, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.report_refusals = Counter(
+            "phishgate_report_refusals_total",
+            "Refused reports, by reason (unauthenticated, rate-limited, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.labels = Counter(
+            "phishgate_labels_total",
+            "Labels recorded by the daemon, by source and label.",
+            ["source", "label"],
+            registry=r,
+        )
         self.build = Info("phishgate_build", "Version of phishgate.", registry=r)
 
     def set_model(self, version: str) -> None:

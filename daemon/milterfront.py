@@ -5,6 +5,11 @@ as milter actions: remove any ``X-Phishgate-*`` header the message arrived
 with (nobody else may speak for us), add ours, prefix the Subject on
 ``tag``, ``SMFIR_QUARANTINE`` (hold queue) or store-and-discard on
 ``quarantine``, ``550 5.7.1`` on ``reject``, ``451`` on ``tempfail``.
+
+A report address among the recipients is removed (``SMFIR_DELRCPT``); an
+accepted report goes to ``[feedback] forward_to`` (``SMFIR_ADDRCPT``) or is
+discarded, and a refused one is answered ``550 5.7.1`` with the reason, so
+the reporter's client says why at once.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from collections.abc import Callable, Sequence
 from phishgate.milter import (
     Action,
     AddHeader,
+    AddRecipient,
     ChangeHeader,
     Continue,
+    DeleteRecipient,
     Discard,
     Envelope,
     Handler,
@@ -28,7 +35,7 @@ from phishgate.milter import (
     TempFail,
 )
 
-from .pipeline import HEADER_PREFIX, Decision, MessageEnvelope, Pipeline
+from .pipeline import HEADER_PREFIX, Decision, MessageEnvelope, Pipeline, ReportAction
 
 __all__ = ["MilterFrontDoor", "message_bytes"]
 
@@ -87,7 +94,11 @@ class MilterFrontDoor(Handler):
         decision = await self.pipeline.inspect(msg_envelope, raw)
         if decision.action == "tempfail":
             return [TempFail()]
+        if decision.action == "report":
+            return _report_only(envelope, decision)
         actions: list[Action] = [*remove_our_headers(envelope.headers)]
+        if decision.report is not None:
+            actions += _redirect_report(decision.report)
         actions += [AddHeader(name, value) for name, value in decision.headers]
         if decision.action == "tag" and decision.subject_tag:
             actions.append(_tag_subject(envelope, decision.subject_tag))
@@ -128,6 +139,33 @@ class MilterFrontDoor(Handler):
                 )
                 return [Discard()]
         return [*actions, Quarantine(f"phishgate: {reason}"[:200]), Continue()]
+
+
+def _report_only(envelope: Envelope, decision: Decision) -> list[Action]:
+    """A message sent only to report addresses: forward, drop or refuse it."""
+    report = decision.report
+    assert report is not None  # set on every "report" decision
+    if not report.result.accepted:
+        return [
+            ReplyCode(
+                REJECT_CODE, REJECT_XCODE, f"Report refused: {decision.reply_text}"
+            )
+        ]
+    if not report.forward:
+        return [Discard()]
+    return [
+        *remove_our_headers(envelope.headers),
+        *_redirect_report(report),
+        AddHeader(*report.header),
+        Continue(),
+    ]
+
+
+def _redirect_report(report: ReportAction) -> list[Action]:
+    actions: list[Action] = [DeleteRecipient(f"<{r}>") for r in report.recipients]
+    if report.forward:
+        actions.append(AddRecipient(f"<{report.forward_to}>"))
+    return actions
 
 
 def remove_our_headers(headers: list[tuple[str, str]]) -> list[Action]:

@@ -10,19 +10,29 @@ tempfail), and the traceback is logged with the queue id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import aiosmtplib
 
 from .config import Config
 from .engine import ScanEngine, ThreadEngine
+from .feedback import REFUSALS, ReportDesk, ReportResult, receipt
 from .metrics import Metrics
 from .model import Verdict
 from .policy import Policy, PolicyResult
 from .scanner import Scanner, ScanResult
 from .verdictlog import VerdictLog, make_row
 
-__all__ = ["HEADER_PREFIX", "Decision", "MessageEnvelope", "Pipeline"]
+__all__ = [
+    "HEADER_PREFIX",
+    "Decision",
+    "MessageEnvelope",
+    "Pipeline",
+    "ReportAction",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +55,32 @@ class MessageEnvelope:
 
 
 @dataclass(frozen=True)
+class ReportAction:
+    """A report among the recipients, and what the front door does with it.
+
+    The report addresses never receive the message: they are removed, and
+    an accepted report goes to ``forward_to`` instead (if set).
+    """
+
+    result: ReportResult
+    recipients: tuple[str, ...]
+    forward_to: str = ""
+
+    @property
+    def forward(self) -> bool:
+        return bool(self.forward_to) and self.result.accepted
+
+    @property
+    def header(self) -> tuple[str, str]:
+        return HEADER_PREFIX + "Report", self.result.summary
+
+
+@dataclass(frozen=True)
 class Decision:
     """What to do with a message, and the headers that say why."""
 
-    action: str  # accept | tag | quarantine | reject | tempfail
-    status: str  # scanned | error | timeout | skipped-size
+    action: str  # accept | tag | quarantine | reject | tempfail | report
+    status: str  # scanned | error | timeout | skipped-size | report ...
     verdict: Verdict | None
     headers: tuple[tuple[str, str], ...]
     subject_tag: str = ""
@@ -60,6 +91,8 @@ class Decision:
     extra: dict[str, str] = field(default_factory=dict)
     per_recipient: tuple[tuple[str, str], ...] = ()
     """(recipient, action) pairs, for a front door that can split a message."""
+    report: ReportAction | None = None
+    """Set when some recipients were report addresses (``[feedback]``)."""
 
 
 class Pipeline:
@@ -78,6 +111,8 @@ class Pipeline:
         self.metrics = metrics
         self.verdict_log = verdict_log
         self.in_flight = 0
+        self.reports = _report_desk(config)
+        self._receipts: set[asyncio.Task[None]] = set()
 
     def reconfigure(
         self, config: Config, engine: ScanEngine | Scanner | None = None
@@ -85,6 +120,7 @@ class Pipeline:
         """Swap in a new config (and model); in-flight messages keep the old."""
         self.config = config
         self.policy = Policy(config)
+        self.reports = _report_desk(config)
         if engine is not None:
             old, self.engine = self.engine, _as_engine(engine)
             self.metrics.set_model(self.engine.model_version)
@@ -110,6 +146,9 @@ class Pipeline:
 
     async def _inspect(self, envelope: MessageEnvelope, raw: bytes) -> Decision:
         config = self.config
+        label, report_rcpts = self.reports.label_for(envelope.rcpt_to)
+        if report_rcpts:
+            return await self._report(envelope, raw, label, report_rcpts)
         if len(raw) > config.policy.max_scan_bytes:
             self.metrics.errors.labels(reason="size").inc()
             return self._skipped(envelope, "skipped-size")
@@ -128,6 +167,85 @@ class Pipeline:
         self._observe(result)
         outcome = self.policy.decide(envelope, result)
         return self._scanned(result, outcome)
+
+    async def _report(
+        self,
+        envelope: MessageEnvelope,
+        raw: bytes,
+        label: str,
+        report_rcpts: tuple[str, ...],
+    ) -> Decision:
+        """Record a report; the other recipients' copy is scanned as usual."""
+        desk = self.reports
+        handle = functools.partial(
+            desk.handle,
+            label,
+            raw,
+            mail_from=envelope.mail_from,
+            auth_login=envelope.auth_login,
+            client_addr=envelope.client_addr,
+        )
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(None, handle)
+        except Exception:  # the reporter's client retries a 4xx; nothing is lost
+            log.exception("queue_id=%s: report failed", envelope.queue_id or "-")
+            self.metrics.errors.labels(reason="report").inc()
+            return Decision("tempfail", "error", None, ())
+        self._count_report(result)
+        log.info(
+            "queue_id=%s: report to %s from %s (client %s): %s",
+            envelope.queue_id or "-",
+            ", ".join(report_rcpts),
+            result.reporter or "-",
+            envelope.client_addr or "-",
+            result.summary,
+        )
+        feedback = self.config.feedback
+        if result.accepted and feedback.acknowledge and envelope.mail_from:
+            self._send_receipt(result, report_rcpts[0], envelope.mail_from)
+        action = ReportAction(result, report_rcpts, feedback.forward_to)
+        others = tuple(r for r in envelope.rcpt_to if r not in report_rcpts)
+        if others:
+            decision = await self._inspect(replace(envelope, rcpt_to=others), raw)
+            return replace(decision, report=action)
+        return Decision(
+            "report",
+            f"report {result.summary}",
+            None,
+            (action.header,),
+            reply_text=REFUSALS.get(result.reason, ""),
+            report=action,
+        )
+
+    def _count_report(self, result: ReportResult) -> None:
+        metrics = self.metrics
+        if result.accepted:
+            metrics.reports.labels(result="accepted").inc()
+            metrics.labels.labels(source="user-report", label=result.label).inc(
+                len(result.label_ids)
+            )
+        else:
+            metrics.reports.labels(result="refused").inc()
+            metrics.report_refusals.labels(reason=result.reason).inc()
+
+    def _send_receipt(self, result: ReportResult, sender: str, to: str) -> None:
+        """Mail the reporter a receipt in the background (null envelope sender)."""
+        host, _, port = (
+            self.config.feedback.send_via or self.config.proxy.reinject
+        ).rpartition(":")
+        message = receipt(result, sender, to)
+
+        async def send() -> None:
+            client = aiosmtplib.SMTP(hostname=host.strip("[]"), port=int(port))
+            try:
+                async with client:
+                    await client.sendmail("", [to], message, timeout=30)
+            except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
+                log.warning("report receipt to %s not sent: %s", to, exc)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._receipts.add(task)
+        task.add_done_callback(self._receipts.discard)
 
     def _observe(self, result: ScanResult) -> None:
         scan = self.metrics.scan_seconds
@@ -159,7 +277,11 @@ class Pipeline:
             per_recipient=outcome.per_recipient,
             message_id=result.message_id,
             scan_s=result.scan_s,
-            extra={"from": result.from_header, "subject": result.subject},
+            extra={
+                "from": result.from_header,
+                "subject": result.subject,
+                "fingerprint": result.fingerprint,
+            },
         )
 
     def _failure(self, envelope: MessageEnvelope, status: str) -> Decision:
@@ -211,6 +333,7 @@ class Pipeline:
                 model_version=verdict.model_version if verdict else None,
                 scan_ms=round(decision.scan_s * 1000, 3),
                 status=decision.status,
+                fingerprint=decision.extra.get("fingerprint", ""),
                 time=time.time(),
             )
         )
@@ -245,6 +368,10 @@ def fold(value: str, width: int = 76) -> str:
             current += piece
     lines.append(current)
     return "\n\t".join(lines)
+
+
+def _report_desk(config: Config) -> ReportDesk:
+    return ReportDesk(config.state_dir, config.feedback, config.policy.subject_tag)
 
 
 def _as_engine(engine: ScanEngine | Scanner) -> ScanEngine:

@@ -15,6 +15,9 @@ into Postfix's second smtpd (``127.0.0.1:10026``). Rules that keep mail safe:
   passed on to the re-injection smtpd.
 * Recipients whose domains get different actions are split: each group is
   delivered (or held) in its own transaction.
+* Report addresses (``[feedback]``) are taken off the recipients; an accepted
+  report goes to ``[feedback] forward_to`` (if set), a refused one nowhere
+  (after the queue, the reporter cannot be told in the session).
 """
 
 from __future__ import annotations
@@ -235,11 +238,23 @@ class ProxyHandler:
         decision = await self.pipeline().inspect(msg_env, raw)
         if decision.action == "tempfail":
             return TEMPFAIL_451.format(why="scan failed")
-        groups = _recipient_groups(decision, envelope.rcpt_tos, extras)
         done = []
-        for action, rcpts in groups.items():
+        report = decision.report
+        if report is not None and report.forward:
+            message = rewrite_headers(raw, (report.header,), "")
+            await self._reinject(message, msg_env, [(report.forward_to, [])], extras)
+            done.append("report forwarded")
+        elif report is not None:
+            done.append(f"report {report.result.summary}")
+        skip = set(report.recipients) if report is not None else set()
+        rcpts = [
+            (rcpt, extras.rcpt_params[i] if i < len(extras.rcpt_params) else [])
+            for i, rcpt in enumerate(envelope.rcpt_tos)
+            if rcpt not in skip
+        ]
+        for action, group in _recipient_groups(decision, rcpts).items():
             done.append(
-                await self._deliver_group(action, rcpts, msg_env, raw, decision, extras)
+                await self._deliver_group(action, group, msg_env, raw, decision, extras)
             )
         return OK_250.format(what="; ".join(done))
 
@@ -491,18 +506,17 @@ def _message_envelope(
 
 
 def _recipient_groups(
-    decision: Decision, rcpt_tos: list[str], extras: _Extras
+    decision: Decision, rcpts: list[tuple[str, list[str]]]
 ) -> dict[str, list[tuple[str, list[str]]]]:
-    """Recipients grouped by their action; ``reject`` never bounces here."""
-    per_rcpt = dict(getattr(decision, "per_recipient", ()))
+    """(recipient, RCPT parameters) grouped by action; ``reject`` never bounces."""
+    per_rcpt = dict(decision.per_recipient)
     groups: dict[str, list[tuple[str, list[str]]]] = {}
-    for index, rcpt in enumerate(rcpt_tos):
+    for rcpt, params in rcpts:
         action = per_rcpt.get(rcpt, decision.action)
         if action not in SEVERITY:
             action = "accept"
         if action == "reject":
             action = "quarantine"
-        params = extras.rcpt_params[index] if index < len(extras.rcpt_params) else []
         groups.setdefault(action, []).append((rcpt, params))
     return groups
 

@@ -11,7 +11,13 @@ import time
 from dataclasses import dataclass
 
 from .features import FeatureExtractor, Features
-from .message import DEFAULT_LIMITS, Limits, ParsedMessage, parse_message
+from .message import (
+    DEFAULT_LIMITS,
+    Limits,
+    ParsedMessage,
+    content_fingerprint,
+    parse_message,
+)
 from .model import Model, Thresholds, Verdict
 
 __all__ = ["ScanResult", "Scanner"]
@@ -33,6 +39,8 @@ class ScanResult:
     model_s: float
     worker_pid: int = 0
     """The process that scanned (the daemon's own, or a scan worker's)."""
+    fingerprint: str = ""
+    """:func:`content_fingerprint`: finds the message again when it is reported."""
 
     @property
     def scan_s(self) -> float:
@@ -77,6 +85,7 @@ class Scanner:
             features_s=t2 - t1,
             model_s=t3 - t2,
             worker_pid=os.getpid(),
+            fingerprint=content_fingerprint(parsed),
         )
 
     def features(self, raw: bytes) -> Features:

@@ -28,6 +28,8 @@ from importlib import metadata
 from pathlib import Path
 
 from phishgate.milter import MilterOptions, MilterServer, TempFail
+from phishgate.milter import protocol as milter_protocol
+from phishgate.milter.options import DEFAULT_ACTIONS
 
 from .canary import canary_failures
 from .config import Config, ConfigError, load_config
@@ -97,6 +99,10 @@ class Daemon:
             max_body_bytes=config.milter.max_body_bytes,
             progress_interval=config.milter.progress_interval_s,
             fallback=TempFail(),
+            # Report addresses are taken off a message's recipients.
+            actions=DEFAULT_ACTIONS
+            | milter_protocol.SMFIF_ADDRCPT
+            | milter_protocol.SMFIF_DELRCPT,
         )
         self.milter = MilterServer(
             config.milter.listen,

@@ -13,6 +13,9 @@ Schema (table ``verdicts``)::
     from_header TEXT   subject TEXT (first 200 characters)   size INTEGER
     ham REAL   spam REAL   phish REAL   action TEXT   reasons TEXT (JSON list)
     model_version TEXT   scan_ms REAL   status TEXT (scanned | skipped: why)
+    fingerprint TEXT (the body digest that finds a reported copy again)
+
+Columns added in later versions are added to an existing table on open.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ COLUMNS: dict[str, type] = {
     "message_id": str, "client_addr": str, "sender": str, "recipients": str,
     "from_header": str, "subject": str, "size": int, "ham": float, "spam": float,
     "phish": float, "action": str, "reasons": str, "model_version": str,
-    "scan_ms": float, "status": str,
+    "scan_ms": float, "status": str, "fingerprint": str,
 }  # fmt: skip
-INDEXES = (["time"], ["queue_id"], ["message_id"], ["action", "time"])
+INDEXES = (
+    ["time"], ["queue_id"], ["message_id"], ["action", "time"], ["fingerprint"],
+)  # fmt: skip
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
@@ -53,11 +58,16 @@ def open_db(path: Path) -> sqlite_utils.Database:
     conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
     db = sqlite_utils.Database(conn)
     db.enable_wal()
+    table = db.table("verdicts")
     if "verdicts" not in db.table_names():
-        table = db.table("verdicts")
         table.create(COLUMNS, pk="id")
-        for columns in INDEXES:
-            table.create_index(columns, if_not_exists=True)
+    else:
+        present = set(table.columns_dict)
+        for name, kind in COLUMNS.items():
+            if name not in present:
+                table.add_column(name, kind)
+    for columns in INDEXES:
+        table.create_index(columns, if_not_exists=True)
     return db
 
 

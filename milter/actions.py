@@ -96,16 +96,49 @@ class Quarantine:
     reason: str
 
 
+@dataclass(frozen=True)
+class AddRecipient:
+    """Add an envelope recipient (SMFIR_ADDRCPT; needs SMFIF_ADDRCPT)."""
+
+    address: str
+
+
+@dataclass(frozen=True)
+class DeleteRecipient:
+    """Remove an envelope recipient, as the MTA received it (SMFIR_DELRCPT).
+
+    Needs SMFIF_DELRCPT. The address must match the RCPT TO argument.
+    """
+
+    address: str
+
+
 FinalAction = Continue | Accept | Reject | Discard | TempFail | ReplyCode
 """Replies that end the MTA's wait for this command."""
 
-Modification = AddHeader | InsertHeader | ChangeHeader | ReplaceBody | Quarantine
+Modification = (
+    AddHeader
+    | InsertHeader
+    | ChangeHeader
+    | ReplaceBody
+    | Quarantine
+    | AddRecipient
+    | DeleteRecipient
+)
 """End-of-message changes; they must come before the final reply."""
 
 Action = FinalAction | Modification
 
 FINAL_ACTIONS = (Continue, Accept, Reject, Discard, TempFail, ReplyCode)
-MODIFICATIONS = (AddHeader, InsertHeader, ChangeHeader, ReplaceBody, Quarantine)
+MODIFICATIONS = (
+    AddHeader,
+    InsertHeader,
+    ChangeHeader,
+    ReplaceBody,
+    Quarantine,
+    AddRecipient,
+    DeleteRecipient,
+)
 
 REQUIRED_ACTION_FLAG: dict[type[Modification], int] = {
     AddHeader: protocol.SMFIF_ADDHDRS,
@@ -113,6 +146,8 @@ REQUIRED_ACTION_FLAG: dict[type[Modification], int] = {
     ChangeHeader: protocol.SMFIF_CHGHDRS,
     ReplaceBody: protocol.SMFIF_CHGBODY,
     Quarantine: protocol.SMFIF_QUARANTINE,
+    AddRecipient: protocol.SMFIF_ADDRCPT,
+    DeleteRecipient: protocol.SMFIF_DELRCPT,
 }
 """The SMFIF_* flag that must have been negotiated for each modification."""
 

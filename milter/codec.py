@@ -21,8 +21,10 @@ from .actions import (
     Accept,
     Action,
     AddHeader,
+    AddRecipient,
     ChangeHeader,
     Continue,
+    DeleteRecipient,
     Discard,
     InsertHeader,
     Quarantine,
@@ -603,6 +605,23 @@ def encode_quarantine(reason: str) -> bytes:
     return _packet(p.SMFIR_QUARANTINE, _cstrings(reason))
 
 
+def _check_address(address: str) -> None:
+    if not address or any(char in address for char in "\r\n\0"):
+        raise ValueError(f"bad recipient address {address!r}")
+
+
+def encode_add_recipient(address: str) -> bytes:
+    """SMFIR_ADDRCPT: add an envelope recipient."""
+    _check_address(address)
+    return _packet(p.SMFIR_ADDRCPT, _cstrings(address))
+
+
+def encode_delete_recipient(address: str) -> bytes:
+    """SMFIR_DELRCPT: remove an envelope recipient."""
+    _check_address(address)
+    return _packet(p.SMFIR_DELRCPT, _cstrings(address))
+
+
 def encode_optneg_reply(
     version: int,
     actions: int,
@@ -637,6 +656,10 @@ def encode_reply(reply: Reply) -> bytes:
             return encode_replace_body(body)
         case Quarantine(reason):
             return encode_quarantine(reason)
+        case AddRecipient(address):
+            return encode_add_recipient(address)
+        case DeleteRecipient(address):
+            return encode_delete_recipient(address)
         case ReplyCode(code, xcode, text):
             return encode_replycode(code, xcode, text)
         case OptNegReply(version, actions, protocol, macros):
@@ -706,6 +729,8 @@ _REPLY_PARSERS: dict[bytes, Callable[[bytes], Reply]] = {
     ),
     p.SMFIR_REPLBODY: ReplaceBody,
     p.SMFIR_QUARANTINE: lambda data: Quarantine(*_exact_strings(data, 1, "QUARANTINE")),
+    p.SMFIR_ADDRCPT: lambda data: AddRecipient(*_exact_strings(data, 1, "ADDRCPT")),
+    p.SMFIR_DELRCPT: lambda data: DeleteRecipient(*_exact_strings(data, 1, "DELRCPT")),
 }
 
 _EMPTY_REPLIES: dict[bytes, Callable[[], Reply]] = {

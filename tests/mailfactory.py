@@ -7,6 +7,8 @@ file is needed, so the tests run on a plain clone.
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 
@@ -79,3 +81,42 @@ def phish(**kwargs: object) -> EmailMessage:
 
 def as_bytes(msg: EmailMessage) -> bytes:
     return msg.as_bytes()
+
+
+def forward_as_attachment(
+    *originals: bytes,
+    reporter: str = "ann@example.org",
+    to: str = "phish@example.org",
+    msgid: str = "<report.1@example.org>",
+) -> EmailMessage:
+    """A report as mail clients send "forward as attachment": message/rfc822."""
+    report = plain(
+        "Looks like phishing to me.\n",
+        subject="Fwd: suspicious",
+        sender=reporter,
+        to=to,
+        msgid=msgid,
+    )
+    for original in originals:
+        report.add_attachment(
+            email.message_from_bytes(original, policy=email.policy.default),
+            filename="original.eml",
+        )
+    return report
+
+
+def forward_inline(
+    original: EmailMessage,
+    *,
+    reporter: str = "ann@example.org",
+    to: str = "phish@example.org",
+    marker: str = "---------- Forwarded message ---------",
+) -> EmailMessage:
+    """A report as a quoted inline forward (Gmail's layout by default)."""
+    part = original.get_body(("plain", "html"))
+    text = part.get_content() if part is not None else ""
+    quoted = (
+        f"FYI\n\n{marker}\nFrom: {original['From']}\nDate: {original['Date']}\n"
+        f"Subject: {original['Subject']}\nTo: {original['To']}\n\n{text}"
+    )
+    return plain(quoted, subject=f"Fwd: {original['Subject']}", sender=reporter, to=to)

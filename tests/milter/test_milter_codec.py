@@ -13,8 +13,10 @@ from phishgate.milter import protocol as p
 from phishgate.milter.actions import (
     Accept,
     AddHeader,
+    AddRecipient,
     ChangeHeader,
     Continue,
+    DeleteRecipient,
     Discard,
     InsertHeader,
     Quarantine,
@@ -100,7 +102,9 @@ EVERY_REPLY: list[Reply] = [
     Skip(),
     OptNegReply(6, 0x31, 0x1FF000),
     OptNegReply(6, 0x131, 0xFF000, {p.SMFIM_CONNECT: "j", p.SMFIM_EOM: "i {x}"}),
-    OtherReply(p.SMFIR_ADDRCPT, b"<x@y.test>\0"),
+    AddRecipient("<x@y.test>"),
+    DeleteRecipient("<phish@y.test>"),
+    OtherReply(p.SMFIR_ADDRCPT_PAR, b"<x@y.test>\0NOTIFY=NEVER\0"),
 ]
 
 
