@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import random
 from email.message import EmailMessage
 from email.utils import format_datetime
 
@@ -120,3 +121,64 @@ def forward_inline(
         f"Subject: {original['Subject']}\nTo: {original['To']}\n\n{text}"
     )
     return plain(quoted, subject=f"Fwd: {original['Subject']}", sender=reporter, to=to)
+
+
+# -- Crafted label sets: many distinct messages, reproducible by seed --------
+
+HAM_WORDS = [
+    "meeting",
+    "agenda",
+    "patch",
+    "review",
+    "build",
+    "minutes",
+    "lunch",
+    "release",
+    "notes",
+]
+PHISH_WORDS = [
+    "verify",
+    "account",
+    "suspended",
+    "password",
+    "urgent",
+    "confirm",
+    "login",
+    "locked",
+]
+BRANDS = ("paypal", "microsoft", "netflix", "docusign")
+
+
+def crafted_ham(rng: random.Random, i: int) -> bytes:
+    """A plain colleague-to-colleague message made from a word pool."""
+    words = " ".join(rng.choice(HAM_WORDS) for _ in range(rng.randint(20, 60)))
+    user = rng.choice(("ann", "bob", "eve", "joe"))
+    return as_bytes(
+        plain(
+            f"Hi,\n\n{words}.\n\n-- \n{user}\n",
+            subject=" ".join(rng.choice(HAM_WORDS) for _ in range(4)),
+            sender=f"{user.title()} <{user}@example.org>",
+            msgid=f"<ham{i}.{rng.randint(0, 10**9)}@example.org>",
+        )
+    )
+
+
+def crafted_phish(rng: random.Random, i: int) -> bytes:
+    """A credential phish (brand lookalike link, password form) from a word pool."""
+    brand = rng.choice(BRANDS)
+    words = " ".join(rng.choice(PHISH_WORDS) for _ in range(rng.randint(15, 40)))
+    host = f"{brand}-{rng.randint(100, 999)}.example-login.top"
+    body = (
+        f"<p>Dear customer, {words}</p>"
+        f'<p><a href="http://{host}/verify">https://www.{brand}.com/account</a></p>'
+        f'<form action="http://{host}/p"><input type="password"></form>'
+    )
+    return as_bytes(
+        html(
+            body,
+            text_body=None,
+            subject=f"{brand.title()}: {rng.choice(PHISH_WORDS)} your account",
+            sender=f"{brand.title()} Support <no-reply@{host}>",
+            msgid=f"<p{i}.{rng.randint(0, 10**9)}@{host}>",
+        )
+    )

@@ -11,6 +11,8 @@ would after AUTH), so the tests need no SASL server.
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import smtplib
 import sqlite3
 from collections.abc import Iterator
@@ -19,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mailfactory import as_bytes, forward_as_attachment, phish
+from mailfactory import (
+    as_bytes,
+    crafted_ham,
+    crafted_phish,
+    forward_as_attachment,
+    phish,
+    plain,
+)
 from postfixlab import LabFactory, PostfixLab, free_ports, wait_for
 from serve_process import ServeProcess, message_id, recipient, toml_table
 
@@ -106,8 +115,15 @@ def feedback_daemon(
         "acknowledge": True,
         "send_via": f"127.0.0.1:{lab.smtp_port}",
     }
+    retrain = {"rounds": 15, "min_new_labels": 50}
     daemon.write_config_text(
-        daemon.config_text(domains=(PASS,)) + "\n" + toml_table("feedback", feedback)
+        "\n".join(
+            [
+                daemon.config_text(domains=(PASS,)),
+                toml_table("feedback", feedback),
+                toml_table("retrain", retrain),
+            ]
+        )
     )
     return daemon
 
@@ -224,3 +240,65 @@ def test_an_outsiders_report_through_the_content_filter_is_dropped(
     )
     assert label_rows(proxy_daemon, msgid) == []
     assert delivered_to(lab, REPORTS) == []
+
+
+def test_reports_and_admin_labels_retrain_the_model_the_daemon_then_serves(
+    lab: PostfixLab, milter_daemon: ServeProcess, tmp_path: Path
+) -> None:
+    """The whole loop, no restart: report, label, retrain, publish, hot reload."""
+    rng = random.Random(11)
+    user = recipient("pass.test")
+    for i in range(5):
+        original = crafted_phish(rng, i).replace(
+            b"To: ann@example.org", f"To: {user}".encode()
+        )
+        assert (
+            send(lab.milter_smtp_port, original, user, "x@example-login.top")[0] == 250
+        )
+    copies = wait_for(
+        lambda: (found := delivered_to(lab, user))[4:] and found, 20, "five deliveries"
+    )
+    wait_for(
+        lambda: len(db_rows(milter_daemon.state_dir, "SELECT id FROM verdicts")) >= 5,
+        10,
+        "their verdict rows",
+    )
+    report = forward_as_attachment(*copies[:5], reporter=user, to=REPORTS)
+    code, _ = send(
+        lab.milter_smtp_port,
+        report,
+        REPORTS,
+        user,
+        xclient=f"ADDR={OUTSIDE} LOGIN={user}",
+    )
+    assert code == 250
+    for label, make in (("ham", crafted_ham), ("phish", crafted_phish)):
+        folder = tmp_path / label
+        folder.mkdir()
+        for i in range(40):
+            (folder / f"{i}.eml").write_bytes(make(rng, 100 + i))
+        milter_daemon.run_cli("report", "--label", label, str(folder))
+    user_labels = "SELECT * FROM labels WHERE source = 'user-report' AND reporter = ?"
+    assert len(db_rows(milter_daemon.state_dir, user_labels, user)) == 5
+
+    milter_daemon.run_cli("retrain")
+    listed = milter_daemon.run_cli("model", "list", "--json").stdout.splitlines()
+    (active,) = [row for row in map(json.loads, listed) if row["active"]]
+    version = active["version"]
+    wait_for(
+        lambda: milter_daemon.metric("phishgate_model_info", version=version) == 1,
+        30,
+        "the new model served",
+    )
+    ham_to = recipient("pass.test")
+    assert (
+        send(
+            lab.milter_smtp_port,
+            plain(to=ham_to, msgid=message_id()),
+            ham_to,
+            "bob@example.org",
+        )[0]
+        == 250
+    )
+    copy = wait_delivered(lab, ham_to)
+    assert f"X-Phishgate-Model: {version}".encode() in copy

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mailfactory import as_bytes, html, plain
+from mailfactory import crafted_ham, crafted_phish
 from phishgate.daemon import models_dir
 from phishgate.daemon.cli import main
 from phishgate.daemon.labels import record_label
@@ -24,68 +24,12 @@ from phishgate.daemon.model import Model
 from phishgate.daemon.models_dir import BUNDLED
 from phishgate.training.retrain import LabelRow, judge, resolve_labels, retrain_lock
 
-HAM_WORDS = [
-    "meeting",
-    "agenda",
-    "patch",
-    "review",
-    "build",
-    "minutes",
-    "lunch",
-    "release",
-    "notes",
-]
-PHISH_WORDS = [
-    "verify",
-    "account",
-    "suspended",
-    "password",
-    "urgent",
-    "confirm",
-    "login",
-    "locked",
-]
-BRANDS = ("paypal", "microsoft", "netflix", "docusign")
-
-
-def _ham(rng: random.Random, i: int) -> bytes:
-    words = " ".join(rng.choice(HAM_WORDS) for _ in range(rng.randint(20, 60)))
-    user = rng.choice(("ann", "bob", "eve", "joe"))
-    return as_bytes(
-        plain(
-            f"Hi,\n\n{words}.\n\n-- \n{user}\n",
-            subject=" ".join(rng.choice(HAM_WORDS) for _ in range(4)),
-            sender=f"{user.title()} <{user}@example.org>",
-            msgid=f"<ham{i}.{rng.randint(0, 10**9)}@example.org>",
-        )
-    )
-
-
-def _phish(rng: random.Random, i: int) -> bytes:
-    brand = rng.choice(BRANDS)
-    words = " ".join(rng.choice(PHISH_WORDS) for _ in range(rng.randint(15, 40)))
-    host = f"{brand}-{rng.randint(100, 999)}.example-login.top"
-    body = (
-        f"<p>Dear customer, {words}</p>"
-        f'<p><a href="http://{host}/verify">https://www.{brand}.com/account</a></p>'
-        f'<form action="http://{host}/p"><input type="password"></form>'
-    )
-    return as_bytes(
-        html(
-            body,
-            text_body=None,
-            subject=f"{brand.title()}: {rng.choice(PHISH_WORDS)} your account",
-            sender=f"{brand.title()} Support <no-reply@{host}>",
-            msgid=f"<p{i}.{rng.randint(0, 10**9)}@{host}>",
-        )
-    )
-
 
 def _label(state: Path, n: int, *, flip: bool = False, seed: int = 7) -> None:
     """Record *n* ham and *n* phish admin labels (swapped when *flip*)."""
     rng = random.Random(seed)
     for i in range(n):
-        for make, label in ((_ham, "ham"), (_phish, "phish")):
+        for make, label in ((crafted_ham, "ham"), (crafted_phish, "phish")):
             if flip:
                 label = "phish" if label == "ham" else "ham"
             record_label(state, make(rng, i), label, "admin", f"<{seed}.{i}.{label}>")
@@ -192,7 +136,7 @@ def test_flipped_labels_are_refused_and_rollback_works(
 def test_report_records_admin_labels(state: Path, config: str, tmp_path: Path) -> None:
     """``phishgate report`` stores the file and its Message-ID as an admin label."""
     eml = tmp_path / "phish.eml"
-    eml.write_bytes(_phish(random.Random(1), 0))
+    eml.write_bytes(crafted_phish(random.Random(1), 0))
     assert main(["report", "--label", "phish", "--config", config, str(eml)]) == 0
     conn = sqlite3.connect(state / "phishgate.db")
     rows = conn.execute("SELECT label, source, message_id FROM labels").fetchall()
