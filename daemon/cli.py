@@ -114,6 +114,17 @@ def _add_quarantine(sub: Any) -> None:
     q = qs.add_parser("delete", parents=[common], help="remove for good")
     q.add_argument("ids", nargs="+", metavar="ID")
     qs.add_parser("purge", parents=[common], help="remove entries past their retention")
+    q = qs.add_parser(
+        "digest",
+        parents=[common],
+        help="mail each recipient a list of what was held for them",
+    )
+    q.add_argument(
+        "--since", default="24h", metavar="WHEN", help="e.g. 24h (default), 7d"
+    )
+    q.add_argument(
+        "--dry-run", action="store_true", help="print the mails instead of sending"
+    )
     p.set_defaults(func=cmd_quarantine)
 
 
@@ -358,6 +369,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from .quarantine_cli import quarantine_command
 
     config = load_config(args.config)
+    if args.action == "digest":
+        args.since = _parse_since(args.since)
     return quarantine_command(config, args)
 
 

@@ -55,6 +55,8 @@ class ProxyConfig:
 class QuarantineConfig:
     retention_days: int = 30
     postfix_config_dir: str = ""
+    digest_from: str = ""
+    digest_via: str = ""
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,12 @@ def _validate(config: Config) -> Config:
         raise ConfigError("daemon.scan_processes: between 0 and 256")
     if config.quarantine.retention_days < 1:
         raise ConfigError("quarantine.retention_days: must be at least 1")
+    digest_from = config.quarantine.digest_from
+    if digest_from and not _ADDRESS.fullmatch(digest_from):
+        raise ConfigError(
+            f"quarantine.digest_from: not a mail address: {digest_from!r}"
+        )
+    _check_host_port(config.quarantine.digest_via, "quarantine.digest_via", True)
     try:
         int(config.milter.socket_mode, 8)
     except ValueError:

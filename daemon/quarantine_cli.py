@@ -26,6 +26,7 @@ from email.policy import compat32
 from typing import Any
 
 from .config import Config
+from .digest import digest_message, group_by_recipient
 from .labels import record_label
 from .quarantine import QuarantineEntry, QuarantineStore
 from .verdictlog import DB_NAME
@@ -108,14 +109,17 @@ def with_verdicts(config: Config, held: list[dict[str, Any]]) -> list[dict[str, 
                 chunk = ids[start : start + SQL_VARIABLES]
                 marks = ", ".join("?" * len(chunk))
                 sql = (  # only "?" marks go into the text; the ids are parameters
-                    "SELECT queue_id, message_id, phish, reasons FROM verdicts "
-                    f"WHERE queue_id IN ({marks}) ORDER BY id"
+                    "SELECT queue_id, message_id, phish, reasons, from_header,"
+                    f" subject FROM verdicts WHERE queue_id IN ({marks}) ORDER BY id"
                 )
-                for queue_id, message_id, phish, reasons in conn.execute(sql, chunk):
+                for row in conn.execute(sql, chunk):
+                    queue_id, message_id, phish, reasons, from_header, subject = row
                     found[queue_id] = {
                         "message_id": message_id or "",
                         "phish": phish,
                         "reasons": json.loads(reasons or "[]"),
+                        "from_header": from_header or "",
+                        "subject": subject or "",
                     }
     except sqlite3.Error as exc:
         log.warning("verdict log unreadable, hold entries without scores: %s", exc)
@@ -245,6 +249,61 @@ def _delete_one(
     print(f"deleted {entry_id}")
 
 
+def cmd_digest(config: Config, since: float, dry_run: bool) -> int:
+    """Mail each recipient the list of what was held for them since *since*."""
+    sender = config.quarantine.digest_from
+    if not sender and not dry_run:
+        print(
+            "phishgate: quarantine digest: set [quarantine] digest_from first",
+            file=sys.stderr,
+        )
+        return 2
+    cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+    entries = [
+        row | _stored_headers(entry)
+        for entry in _store(config).entries()
+        if (row := entry.as_json())["time"] >= cutoff
+    ]
+    entries += [
+        row
+        for row in with_verdicts(config, list(hold_entries(config)))
+        if row["time"] >= cutoff
+    ]
+    failed = 0
+    days = config.quarantine.retention_days
+    for rcpt, items in group_by_recipient(entries).items():
+        message = digest_message(rcpt, items, sender or "postmaster@localhost", days)
+        if dry_run:
+            sys.stdout.buffer.write(message + b"\n")
+            continue
+        try:
+            _send_digest(config, sender, rcpt, message)
+        except (OSError, smtplib.SMTPException) as exc:
+            print(f"phishgate: quarantine digest to {rcpt}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        log.info("quarantine: digest of %d entries sent to %s", len(items), rcpt)
+    return 1 if failed else 0
+
+
+def _stored_headers(entry: QuarantineEntry) -> dict[str, str]:
+    with entry.path.open("rb") as file:
+        headers = BytesHeaderParser(policy=compat32).parse(file)
+    return {
+        "from_header": str(headers["From"] or ""),
+        "subject": str(headers["Subject"] or ""),
+    }
+
+
+def _send_digest(config: Config, sender: str, rcpt: str, message: bytes) -> None:
+    host, _, port = (config.quarantine.digest_via or config.proxy.reinject).rpartition(
+        ":"
+    )
+    options = [] if rcpt.isascii() else ["SMTPUTF8"]
+    with smtplib.SMTP(host.strip("[]"), int(port), timeout=60) as smtp:
+        smtp.sendmail(sender, [rcpt], message, mail_options=options)
+
+
 def cmd_purge(config: Config) -> int:
     removed = _store(config).purge()
     print(f"purged {len(removed)} expired entries")
@@ -261,4 +320,6 @@ def quarantine_command(config: Config, args: Any) -> int:
         return cmd_release(config, args.ids)
     if args.action == "delete":
         return cmd_delete(config, args.ids)
+    if args.action == "digest":
+        return cmd_digest(config, args.since, args.dry_run)
     return cmd_purge(config)
