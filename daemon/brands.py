@@ -174,22 +174,47 @@ LEXICONS: dict[str, tuple[str, ...]] = {
 _TOKEN = re.compile(r"[^\W\d_]{2,24}")
 
 
-def _index_lexicons() -> dict[str, list[tuple[tuple[str, ...], bool, str]]]:
-    """Index lexicon entries by their first word's first two letters."""
-    index: dict[str, list[tuple[tuple[str, ...], bool, str]]] = {}
+Entry = tuple[tuple[str, ...], bool, str]
+"""(words, last word is a prefix, category) of one lexicon entry."""
+
+
+def _entries() -> list[Entry]:
+    entries: list[Entry] = []
     seen = set()
-    for category, entries in LEXICONS.items():
-        for entry in entries:
+    for category, listed in LEXICONS.items():
+        for entry in listed:
             prefix = entry.endswith("*")
             tokens = tuple(_TOKEN.findall(entry.rstrip("*").lower()))
             if (tokens, category) in seen:
                 continue
             seen.add((tokens, category))
-            index.setdefault(tokens[0][:2], []).append((tokens, prefix, category))
-    return index
+            entries.append((tokens, prefix, category))
+    return entries
 
 
-_LEXICON_INDEX = _index_lexicons()
+def _index_lexicons() -> tuple[
+    dict[str, list[str]], dict[str, list[tuple[str, str]]], dict[str, list[Entry]]
+]:
+    """Three indexes, so a word costs a dict lookup or two, not a scan.
+
+    Single words by the word itself; single-word prefixes by their first two
+    letters; phrases by their first word (only a phrase's last word may be a
+    prefix).
+    """
+    exact: dict[str, list[str]] = {}
+    prefixes: dict[str, list[tuple[str, str]]] = {}
+    phrases: dict[str, list[Entry]] = {}
+    for tokens, prefix, category in _entries():
+        if len(tokens) > 1:
+            phrases.setdefault(tokens[0], []).append((tokens, prefix, category))
+        elif prefix:
+            prefixes.setdefault(tokens[0][:2], []).append((tokens[0], category))
+        else:
+            exact.setdefault(tokens[0], []).append(category)
+    return exact, prefixes, phrases
+
+
+_EXACT, _PREFIXES, _PHRASES = _index_lexicons()
 
 
 def lexicon_counts(words: list[str]) -> dict[str, int]:
@@ -201,7 +226,12 @@ def lexicon_counts(words: list[str]) -> dict[str, int]:
     """
     counts = dict.fromkeys(LEXICONS, 0)
     for i, word in enumerate(words):
-        for tokens, prefix, category in _LEXICON_INDEX.get(word[:2], ()):
+        for category in _EXACT.get(word, ()):
+            counts[category] += 1
+        for stem, category in _PREFIXES.get(word[:2], ()):
+            if word.startswith(stem):
+                counts[category] += 1
+        for tokens, prefix, category in _PHRASES.get(word, ()):
             if _matches(words, i, tokens, prefix):
                 counts[category] += 1
     return counts
@@ -211,7 +241,7 @@ def _matches(words: list[str], i: int, tokens: tuple[str, ...], prefix: bool) ->
     last = len(tokens) - 1
     if i + last >= len(words):
         return False
-    for k in range(last):
+    for k in range(1, last):
         if words[i + k] != tokens[k]:
             return False
     if prefix:

@@ -174,19 +174,20 @@ def parse_message(
 
 
 _BOUNDARY = re.compile(rb"boundary\s*=", re.I)
-_WORD = re.compile(r"\w+")
 FINGERPRINT_MIN_WORDS = 8
+FINGERPRINT_CHARS = 64 * 1024
+"""Body text that enters the fingerprint; a longer body is known by its start."""
 
 
 def content_fingerprint(parsed: ParsedMessage) -> str:
     """A digest of the decoded body's words, or ``""`` for a near-empty body.
 
-    Headers, transfer encodings and line breaks do not enter it, so a message
+    Headers, transfer encodings, line breaks and case do not enter it, so a message
     and a copy forwarded as an attachment (re-encoded, with the receiving
     site's headers and our own added) have the same fingerprint.
     """
-    body = "\n".join([parsed.text, *parsed.html]).lower()
-    words = _WORD.findall(body)
+    body = "\n".join([parsed.text, *parsed.html])[:FINGERPRINT_CHARS].lower()
+    words = body.split()
     if len(words) < FINGERPRINT_MIN_WORDS:
         return ""
     joined = " ".join(words).encode("utf-8", "surrogatepass")

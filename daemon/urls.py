@@ -174,16 +174,37 @@ def lookalike_of(domain: str, targets: frozenset[str]) -> str:
         return ""
     label, _, suffix = _to_unicode(domain).partition(".")
     shape = skeleton(label)
-    # the same suffix first, then a stable order, so the answer never varies
-    for target in sorted(targets, key=lambda t: (not t.endswith("." + suffix), t)):
-        target_label = target.split(".", 1)[0]
-        if len(target_label) < 4 or target == domain:
+    # Only labels within one letter of the shape's length can match; they
+    # are tried in the order of _targets_by_length, so the answer never varies.
+    by_length = _targets_by_length(targets, suffix)
+    size = len(shape)
+    candidates = sorted(
+        by_length.get(size - 1, [])
+        + by_length.get(size, [])
+        + by_length.get(size + 1, [])
+    )
+    for _, target, target_label in candidates:
+        if target == domain:
             continue
         if shape == target_label and label != target_label:
             return target
         if len(target_label) >= 6 and _one_edit(shape, target_label):
             return target
     return ""
+
+
+@lru_cache(maxsize=256)
+def _targets_by_length(
+    targets: frozenset[str], suffix: str
+) -> dict[int, list[tuple[int, str, str]]]:
+    """(rank, target, label) by label length; the same suffix ranks first."""
+    ordered = sorted(targets, key=lambda t: (not t.endswith("." + suffix), t))
+    index: dict[int, list[tuple[int, str, str]]] = {}
+    for rank, target in enumerate(ordered):
+        target_label = target.split(".", 1)[0]
+        if len(target_label) >= 4:
+            index.setdefault(len(target_label), []).append((rank, target, target_label))
+    return index
 
 
 def _one_edit(a: str, b: str) -> bool:
