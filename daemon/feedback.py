@@ -29,6 +29,7 @@ import binascii
 import email
 import email.utils
 import ipaddress
+import itertools
 import json
 import logging
 import quopri
@@ -280,11 +281,11 @@ def extract_originals(raw: bytes, subject_tag: str = "") -> list[Original]:
         report = email.message_from_bytes(raw, policy=compat32)
     except Exception:  # the stdlib parser should not raise, but a report is hostile
         return []
+    messages = (data for data in _attached(report, 0) if _looks_like_message(data))
     found = [
         Original(_untag(data, subject_tag), "attachment")
-        for data in _attached(report, 0)
-        if _looks_like_message(data)
-    ][:MAX_ORIGINALS]
+        for data in itertools.islice(messages, MAX_ORIGINALS)
+    ]
     if found:
         return found
     inline = _inline_forward(report)

@@ -433,3 +433,20 @@ def test_a_report_is_logged_with_its_outcome(tmp_path: Path, scanner: Scanner) -
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
         action, status = conn.execute("SELECT action, status FROM verdicts").fetchone()
     assert (action, status) == ("report", "report refused (unauthenticated)")
+
+
+def test_a_report_with_thousands_of_attachments_takes_the_first_ten() -> None:
+    part = (
+        "--b\r\nContent-Type: message/rfc822\r\n\r\n"
+        "From: a@x.org\r\nSubject: s{n}\r\n\r\n"
+        "one two three four five six seven eight nine\r\n"
+    )
+    raw = (
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        + "".join(part.format(n=n) for n in range(5000))
+        + "--b--\r\n"
+    ).encode()
+    originals = extract_originals(raw)
+    assert [parse_message(o.raw).subject for o in originals] == [
+        f"s{n}" for n in range(10)
+    ]
