@@ -113,6 +113,9 @@ class Pipeline:
         self.in_flight = 0
         self.reports = _report_desk(config)
         self._receipts: set[asyncio.Task[None]] = set()
+        self._scans: dict[ScanEngine, int] = {}
+        """Scans running on each engine: a replaced one closes after its last."""
+        self._retired: set[ScanEngine] = set()
 
     def reconfigure(
         self, config: Config, engine: ScanEngine | Scanner | None = None
@@ -124,10 +127,15 @@ class Pipeline:
         if engine is not None:
             old, self.engine = self.engine, _as_engine(engine)
             self.metrics.set_model(self.engine.model_version)
-            old.close()
+            if self._scans.get(old):
+                self._retired.add(old)
+            else:
+                old.close()
 
     def close(self) -> None:
-        self.engine.close()
+        for engine in (self.engine, *self._retired):
+            engine.close()
+        self._retired.clear()
 
     async def inspect(self, envelope: MessageEnvelope, raw: bytes) -> Decision:
         """Decide on one message; never raises."""
@@ -153,17 +161,20 @@ class Pipeline:
             self.metrics.errors.labels(reason="size").inc()
             return self._skipped(envelope, "skipped-size")
         engine = self.engine  # a reload between here and the end changes nothing
+        self._scans[engine] = self._scans.get(engine, 0) + 1
         try:
             result = await asyncio.wait_for(
                 engine.scan(raw, envelope.mail_from), config.policy.scan_timeout_s
             )
         except TimeoutError:
             log.warning(
-                "queue_id=%s: scan timed out after %.1f s",
+                "queue_id=%s: scan timed out after %g s",
                 envelope.queue_id or "-",
                 config.policy.scan_timeout_s,
             )
             return self._failure(envelope, "timeout")
+        finally:
+            self._scan_done(engine)
         self._observe(result)
         outcome = self.policy.decide(envelope, result)
         return self._scanned(result, outcome)
@@ -246,6 +257,16 @@ class Pipeline:
         task = asyncio.get_running_loop().create_task(send())
         self._receipts.add(task)
         task.add_done_callback(self._receipts.discard)
+
+    def _scan_done(self, engine: ScanEngine) -> None:
+        left = self._scans[engine] - 1
+        if left:
+            self._scans[engine] = left
+            return
+        del self._scans[engine]
+        if engine in self._retired:
+            self._retired.discard(engine)
+            engine.close()
 
     def _observe(self, result: ScanResult) -> None:
         scan = self.metrics.scan_seconds

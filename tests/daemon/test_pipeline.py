@@ -389,3 +389,42 @@ def test_policy_lists(sender: str, from_header: str, action: str) -> None:
         envelope("a@example.org", sender=sender), result(0.6, from_header)
     )
     assert outcome.action == action
+
+
+class GatedEngine:
+    """A real scanner behind a gate the test opens; records its close."""
+
+    def __init__(self, scanner: Scanner, version: str) -> None:
+        self.scanner = scanner
+        self.model_version = version
+        self.gate = asyncio.Event()
+        self.closed = False
+
+    async def scan(self, raw: bytes, mail_from: str) -> ScanResult:
+        if self.closed:
+            raise RuntimeError("scan on a closed engine")
+        await self.gate.wait()
+        return self.scanner.scan(raw, mail_from)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_replaced_engine_closes_after_its_last_scan(scanner: Scanner) -> None:
+    """A model swap never closes the engine under a scan that is using it."""
+    old, new = GatedEngine(scanner, "old"), GatedEngine(scanner, "new")
+    new.gate.set()
+    pipeline = Pipeline(config(), old, Metrics(), None)
+
+    async def swap_during_scan() -> Decision:
+        scan = asyncio.ensure_future(pipeline.inspect(ENVELOPE, as_bytes(plain())))
+        await asyncio.sleep(0)  # the scan is waiting inside the old engine
+        pipeline.reconfigure(config(), new)
+        assert not old.closed
+        old.gate.set()
+        return await scan
+
+    decision = asyncio.run(swap_during_scan())
+    assert decision.status == "scanned"
+    assert old.closed and not new.closed
+    assert inspect(pipeline, as_bytes(plain())).status == "scanned"
