@@ -60,6 +60,8 @@ class Decision:
     extra: dict[str, str] = field(default_factory=dict)
     per_recipient: tuple[tuple[str, str], ...] = ()
     """(recipient, action) pairs, for a front door that can split a message."""
+    features: dict[str, float] = field(default_factory=dict)
+    """The scan's drift features (see drift.py), for the verdict log."""
 
 
 class Pipeline:
@@ -160,6 +162,7 @@ class Pipeline:
             message_id=result.message_id,
             scan_s=result.scan_s,
             extra={"from": result.from_header, "subject": result.subject},
+            features=result.drift_features,
         )
 
     def _failure(self, envelope: MessageEnvelope, status: str) -> Decision:
@@ -212,6 +215,7 @@ class Pipeline:
                 scan_ms=round(decision.scan_s * 1000, 3),
                 status=decision.status,
                 time=time.time(),
+                features=decision.features or None,
             )
         )
         self.metrics.log_rows.inc()
