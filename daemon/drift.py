@@ -48,6 +48,7 @@ __all__ = [
     "drift_reports",
     "feature_references",
     "model_meta",
+    "model_references",
     "psi",
     "reading",
     "references_for",
@@ -186,7 +187,8 @@ def model_meta(model_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _model_references(meta: Mapping[str, Any]) -> dict[str, Reference]:
+def model_references(meta: Mapping[str, Any]) -> dict[str, Reference]:
+    """The score and feature references stored in a model's metadata."""
     stored = meta.get("reference")
     stored = stored if isinstance(stored, dict) else {}
     found: dict[str, Any] = {SCORE: stored.get(SCORE)}
@@ -216,7 +218,7 @@ def _baseline_references(state_dir: Path) -> dict[str, Reference]:
 
 def references_for(state_dir: Path, meta: Mapping[str, Any]) -> dict[str, Reference]:
     """Per value, the site's baseline if one was taken, else the model's."""
-    return {**_model_references(meta), **_baseline_references(state_dir)}
+    return {**model_references(meta), **_baseline_references(state_dir)}
 
 
 @dataclass(frozen=True)
@@ -306,7 +308,7 @@ def take_baseline(state_dir: Path, meta: Mapping[str, Any], window_s: float) -> 
     window = read_window(state_dir / DB_NAME, time.time() - window_s)
     if len(window.scores) < MIN_MESSAGES:
         return len(window.scores)
-    model = _model_references(meta)
+    model = model_references(meta)
     score_edges = model[SCORE].edges if SCORE in model else SCORE_EDGES
     features = {
         name: _binned(values, model[name].edges if name in model else edges)

@@ -48,7 +48,7 @@ class Monitor:
         self.metrics = metrics
         self.config_path = config_path
         self.shifted: frozenset[str] = frozenset()
-        self._retrain: subprocess.Popen[bytes] | None = None
+        self.retrain_process: subprocess.Popen[bytes] | None = None
 
     def refresh(self, config: Config, model_version: str) -> list[DriftReport]:
         """One round: read, set the gauges, act on drift; returns the reports."""
@@ -95,7 +95,7 @@ class Monitor:
             self._maybe_retrain(config)
 
     def _maybe_retrain(self, config: Config) -> None:
-        if self._retrain is not None:
+        if self.retrain_process is not None:
             return  # one is still running
         stamp = config.state_dir / RETRAIN_STAMP
         cooldown_s = config.drift.retrain_cooldown_hours * 3600
@@ -107,17 +107,17 @@ class Monitor:
             command += ["--config", self.config_path]
         log.warning("drift: starting %s", " ".join(command))
         # Its log lines go where the daemon's go (the journal under systemd).
-        self._retrain = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        self.retrain_process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
 
     def _reap_retrain(self) -> None:
-        if self._retrain is None or self._retrain.poll() is None:
+        if self.retrain_process is None or self.retrain_process.poll() is None:
             return
         log.info(
             "drift: phishgate retrain exited with status %d "
             "(0 published, 3 refused by the gate, 4 too few new labels)",
-            self._retrain.returncode,
+            self.retrain_process.returncode,
         )
-        self._retrain = None
+        self.retrain_process = None
 
 
 def served_meta(config: Config, version: str) -> dict[str, Any]:
