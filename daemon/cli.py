@@ -143,17 +143,21 @@ def _add_install(sub: Any) -> None:
 
 
 def _add_drift(sub: Any) -> None:
-    p = sub.add_parser("drift", help="PSI of live scores against the reference")
+    p = sub.add_parser(
+        "drift", help="drift of live mail against the reference; live model quality"
+    )
     _add_config_option(p)
     p.add_argument(
-        "--window", default="7d", metavar="WHEN", help="e.g. 1d, 7d (default 7d)"
+        "--window",
+        metavar="WHEN",
+        help="e.g. 1d, 7d (default: [drift] window_hours)",
     )
     p.add_argument(
         "--baseline",
         action="store_true",
         help="store the window as this site's reference",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_drift)
 
 
@@ -206,6 +210,12 @@ def _add_train(sub: Any) -> None:
         "--no-threshold-folds",
         action="store_true",
         help="skip leave-one-source-out threshold selection",
+    )
+    p.add_argument(
+        "--references-only",
+        action="store_true",
+        help="only recompute the drift feature references in --out's meta.json "
+        "from its training corpora (the model file stays as it is)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -399,38 +409,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
     import time
 
     from .config import load_config
-    from .drift import (
-        MIN_MESSAGES,
-        model_meta,
-        reference_for,
-        score_drift,
-        take_baseline,
-    )
-    from .models_dir import serving_model_dir
-    from .verdictlog import DB_NAME
+    from .drift_cli import drift_command
 
     config = load_config(args.config)
-    window = time.time() - _parse_since(args.window)
-    meta = model_meta(serving_model_dir(config))
-    if args.baseline:
-        n = take_baseline(config.state_dir, meta, window)
-        if n < MIN_MESSAGES:
-            print(
-                f"phishgate: drift: only {n} scanned messages in the window",
-                file=sys.stderr,
-            )
-            return EXIT_PARTIAL
-        print(f"baseline stored from {n} messages")
-        return EXIT_OK
-    report = score_drift(
-        config.state_dir / DB_NAME, reference_for(config.state_dir, meta), window
-    )
-    if args.json:
-        print(json.dumps(report.as_json()))
-    else:
-        value = "-" if report.psi is None else f"{report.psi:.3f}"
-        print(f"score: PSI {value} over {report.n} messages: {report.reading}")
-    return EXIT_OK
+    window = time.time() - _parse_since(args.window) if args.window else None
+    return drift_command(config, window, args.baseline, args.json)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -497,9 +480,20 @@ def _print_scan_error(
 def cmd_train(args: argparse.Namespace) -> int:
     from phishgate.training.dataset import parse_corpus_spec
     from phishgate.training.report import print_training_report
-    from phishgate.training.train import SEED, TrainConfig, train_and_write
+    from phishgate.training.train import (
+        SEED,
+        TrainConfig,
+        refresh_feature_references,
+        train_and_write,
+    )
 
     train_specs = [parse_corpus_spec(c) for c in args.corpus]
+    if args.references_only:
+        meta = refresh_feature_references(train_specs, Path(args.out))
+        print(f"drift feature references of {meta['version']} (bin shares):")
+        for name, ref in meta["reference"]["features"].items():
+            print(f"  {name}: {ref['shares']}")
+        return EXIT_OK
     test_specs = [parse_corpus_spec(c) for c in args.test]
     config = TrainConfig(
         rounds=args.rounds,

@@ -158,6 +158,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """Drift and live-quality monitoring in the daemon, and what crossing does."""
+
+    window_hours: float = 24.0
+    interval_s: float = 300.0
+    threshold: float = 0.25
+    retrain: bool = False
+    retrain_cooldown_hours: float = 24.0
+    labels_window_days: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``source`` names the file it came from."""
 
@@ -174,6 +186,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     source: str = "built-in defaults"
 
     @property
@@ -296,6 +309,7 @@ def _validate(config: Config) -> Config:
             raise ConfigError(f"auth.trusted_authserv_ids[{i}]: empty")
     _check_retrain(config.retrain)
     _check_feedback(config.feedback)
+    _check_drift(config.drift)
     return config
 
 
@@ -333,6 +347,22 @@ def _check_retrain(retrain: RetrainConfig) -> None:
         raise ConfigError("retrain.holdback_share: must be in (0, 1)")
     if not 1 <= retrain.rounds <= 5000:
         raise ConfigError("retrain.rounds: between 1 and 5000")
+
+
+def _check_drift(drift: DriftConfig) -> None:
+    for key, low, high in (
+        ("window_hours", 0.0, 24.0 * 366),
+        ("interval_s", 0.0, 86400.0),
+        ("threshold", 0.0, 100.0),
+        ("labels_window_days", 0.0, 3660.0),
+    ):
+        value = getattr(drift, key)
+        if not low < value <= high:
+            raise ConfigError(
+                f"drift.{key}: must be above {low:g} and at most {high:g}"
+            )
+    if drift.retrain_cooldown_hours < 0:
+        raise ConfigError("drift.retrain_cooldown_hours: must not be negative")
 
 
 def parse_config(text: str, source: str) -> Config:

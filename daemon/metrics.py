@@ -107,6 +107,45 @@ class Metrics:
             registry=r,
         )
         self.build = Info("phishgate_build", "Version of phishgate.", registry=r)
+        self._monitoring(r)
+
+    def _monitoring(self, r: CollectorRegistry) -> None:
+        """What the periodic monitoring task refreshes, and model reloads."""
+        self.live_precision = Gauge(
+            "phishgate_live_precision",
+            "Share of labelled flagged messages (tag, quarantine, reject) that "
+            "are phish, over the labels window; NaN with too few labels.",
+            registry=r,
+        )
+        self.live_recall = Gauge(
+            "phishgate_live_recall",
+            "Share of labelled phish that was flagged, over the labels window; "
+            "NaN with too few labels.",
+            registry=r,
+        )
+        self.live_labelled = Gauge(
+            "phishgate_live_labelled_messages",
+            "Scanned messages in the labels window that carry a label.",
+            registry=r,
+        )
+        self.quarantine_messages = Gauge(
+            "phishgate_quarantine_messages",
+            "Messages held in phishgate's quarantine store.",
+            registry=r,
+        )
+        self.model_created = Gauge(
+            "phishgate_model_created_timestamp_seconds",
+            "When the served model was trained (from its metadata).",
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "phishgate_model_reloads_total",
+            "New models taken into service (ok) or refused by their checks.",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "refused"):
+            self.model_reloads.labels(result=result)
 
     def set_model(self, version: str) -> None:
         self.model_info.clear()

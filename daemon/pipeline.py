@@ -93,6 +93,8 @@ class Decision:
     """(recipient, action) pairs, for a front door that can split a message."""
     report: ReportAction | None = None
     """Set when some recipients were report addresses (``[feedback]``)."""
+    features: dict[str, float] = field(default_factory=dict)
+    """The scan's drift features (see drift.py), for the verdict log."""
 
 
 class Pipeline:
@@ -303,6 +305,7 @@ class Pipeline:
                 "subject": result.subject,
                 "fingerprint": result.fingerprint,
             },
+            features=result.drift_features,
         )
 
     def _failure(self, envelope: MessageEnvelope, status: str) -> Decision:
@@ -356,6 +359,7 @@ class Pipeline:
                 status=decision.status,
                 fingerprint=decision.extra.get("fingerprint", ""),
                 time=time.time(),
+                features=decision.features or None,
             )
         )
         self.metrics.log_rows.inc()

@@ -33,7 +33,7 @@ from .verdictlog import DB_NAME
 if TYPE_CHECKING:
     from .pipeline import Decision, MessageEnvelope
 
-__all__ = ["QuarantineEntry", "QuarantineStore"]
+__all__ = ["QuarantineEntry", "QuarantineStore", "held_count"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -246,3 +246,19 @@ def store_decision(
         reasons=verdict.reasons if verdict else (),
         model_version=verdict.model_version if verdict else "",
     )
+
+
+def held_count(db_path: Path) -> int:
+    """Entries held in the store now (0 before anything was quarantined)."""
+    if not db_path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10.0)
+    try:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM quarantine WHERE state = 'held'"
+        ).fetchone()
+    except sqlite3.OperationalError:  # no quarantine table yet
+        return 0
+    finally:
+        conn.close()
+    return int(row[0])

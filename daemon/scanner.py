@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from .drift import DRIFT_FEATURE_NAMES
 from .features import FeatureExtractor, Features
 from .message import (
     DEFAULT_LIMITS,
@@ -41,10 +42,17 @@ class ScanResult:
     """The process that scanned (the daemon's own, or a scan worker's)."""
     fingerprint: str = ""
     """:func:`content_fingerprint`: finds the message again when it is reported."""
+    drift_values: tuple[float, ...] = ()
+    """The message's values of ``drift.DRIFT_FEATURE_NAMES``, in that order."""
 
     @property
     def scan_s(self) -> float:
         return self.parse_s + self.features_s + self.model_s
+
+    @property
+    def drift_features(self) -> dict[str, float]:
+        """The drift features by name, for the verdict log."""
+        return dict(zip(DRIFT_FEATURE_NAMES, self.drift_values, strict=False))
 
 
 class Scanner:
@@ -86,6 +94,7 @@ class Scanner:
             model_s=t3 - t2,
             worker_pid=os.getpid(),
             fingerprint=content_fingerprint(parsed),
+            drift_values=tuple(features.get(name) for name in DRIFT_FEATURE_NAMES),
         )
 
     def features(self, raw: bytes) -> Features:

@@ -33,26 +33,23 @@ from phishgate.milter.options import DEFAULT_ACTIONS
 
 from .canary import canary_failures
 from .config import Config, ConfigError, load_config
-from .drift import model_meta, reference_for, score_drift
 from .engine import ScanEngine, build_scanner, make_engine
 from .metrics import Metrics
 from .milterfront import MilterFrontDoor
 from .model import ModelError
-from .models_dir import serving_model_dir
+from .monitor import Monitor
 from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
 from .reload import ModelWatcher
 from .systemd import notify
-from .verdictlog import DB_NAME, VerdictLog
+from .verdictlog import VerdictLog
 
 __all__ = ["Daemon", "run"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DEADLINE_S = 20.0
-DRIFT_INTERVAL_S = 300.0
-DRIFT_WINDOW_S = 86400.0
 AIOSMTPD_LOGGER = "mail.log"
 
 
@@ -73,6 +70,7 @@ class Daemon:
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
         self._drift_task: asyncio.Task[None] | None = None
+        self.monitor = Monitor(self.metrics, config_path)
 
     async def startup(self) -> None:
         config = self.config
@@ -131,29 +129,18 @@ class Daemon:
         notify("READY=1")
 
     async def _watch_drift(self) -> None:
-        """Refresh the drift gauge from the verdict log every few minutes."""
+        """Refresh drift, live quality and store gauges every ``interval_s``."""
         loop = asyncio.get_running_loop()
         while True:
+            version = self._pipeline().engine.model_version
             try:
-                await loop.run_in_executor(None, self._update_drift)
-            except Exception:  # a monitoring error must never touch mail
-                log.exception("drift check failed")
-            await asyncio.sleep(DRIFT_INTERVAL_S)  # a schedule, not synchronisation
-
-    def _update_drift(self) -> None:
-        config = self.config
-        meta = model_meta(serving_model_dir(config))
-        report = score_drift(
-            config.state_dir / DB_NAME,
-            reference_for(config.state_dir, meta),
-            DRIFT_WINDOW_S,
-        )
-        if report.psi is not None:
-            self.metrics.drift_psi.labels(feature="score").set(report.psi)
-            if report.psi > 0.25:
-                log.warning(
-                    "drift: score PSI %.3f over %d messages", report.psi, report.n
+                await loop.run_in_executor(
+                    None, self.monitor.refresh, self.config, version
                 )
+            except Exception:  # a monitoring error must never touch mail
+                log.exception("monitoring refresh failed")
+            # a schedule, not synchronisation
+            await asyncio.sleep(self.config.drift.interval_s)
 
     async def _start_proxy(self, config: Config) -> None:
         host, _, port = config.proxy.reinject.rpartition(":")
@@ -212,6 +199,8 @@ class Daemon:
             engine = await make_engine(config)
         except (ConfigError, ModelError, OSError) as exc:
             self._refuse_reload(str(exc))
+            if isinstance(exc, ModelError):
+                self.metrics.model_reloads.labels(result="refused").inc()
         except Exception:  # a bug in loading must not leave systemd "reloading"
             log.exception("reload failed")
             self._refuse_reload("internal error (traceback above)")
@@ -225,8 +214,11 @@ class Daemon:
 
     def _swap(self, config: Config, engine: ScanEngine) -> None:
         assert self.pipeline is not None  # set by startup()
+        old_version = self.pipeline.engine.model_version
         self.config = config
         self.pipeline.reconfigure(config, engine)
+        if engine.model_version != old_version:
+            self.metrics.model_reloads.labels(result="ok").inc()
         configure_logging(config)
         self.metrics.config_reloads.labels(result="ok").inc()
         log.info("reloaded %s; model %s", config.source, engine.model_version)

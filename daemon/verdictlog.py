@@ -14,8 +14,10 @@ Schema (table ``verdicts``)::
     ham REAL   spam REAL   phish REAL   action TEXT   reasons TEXT (JSON list)
     model_version TEXT   scan_ms REAL   status TEXT (scanned | skipped: why)
     fingerprint TEXT (the body digest that finds a reported copy again)
+    features TEXT (JSON object: the drift features' values, see drift.py)
 
-Columns added in later versions are added to an existing table on open.
+A database from before a column was added gets it on open (``ALTER TABLE
+... ADD COLUMN``); the old rows hold NULL there.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-__all__ = ["VerdictLog", "read_verdicts"]
+__all__ = ["VerdictLog", "read_verdicts", "winning_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ COLUMNS: dict[str, type] = {
     "message_id": str, "client_addr": str, "sender": str, "recipients": str,
     "from_header": str, "subject": str, "size": int, "ham": float, "spam": float,
     "phish": float, "action": str, "reasons": str, "model_version": str,
-    "scan_ms": float, "status": str, "fingerprint": str,
+    "scan_ms": float, "status": str, "fingerprint": str, "features": str,
 }  # fmt: skip
 INDEXES = (
     ["time"], ["queue_id"], ["message_id"], ["action", "time"], ["fingerprint"],
@@ -61,14 +63,20 @@ def open_db(path: Path) -> sqlite_utils.Database:
     table = db.table("verdicts")
     if "verdicts" not in db.table_names():
         table.create(COLUMNS, pk="id")
-    else:
-        present = set(table.columns_dict)
-        for name, kind in COLUMNS.items():
-            if name not in present:
-                table.add_column(name, kind)
+    _add_missing_columns(db, path)
     for columns in INDEXES:
         table.create_index(columns, if_not_exists=True)
     return db
+
+
+def _add_missing_columns(db: sqlite_utils.Database, path: Path) -> None:
+    """Bring a table created by an older phishgate up to ``COLUMNS``."""
+    table = db.table("verdicts")
+    have = set(table.columns_dict)
+    for name, kind in COLUMNS.items():
+        if name not in have:
+            log.info("verdict log %s: adding column %s", path, name)
+            table.add_column(name, kind)
 
 
 class VerdictLog:
@@ -156,9 +164,21 @@ def make_row(**values: Any) -> dict[str, Any]:
         value = row.get(key)
         if isinstance(value, list | tuple):
             row[key] = json.dumps(list(value), ensure_ascii=False)
+    features = row.get("features")
+    if isinstance(features, Mapping):
+        row["features"] = encode_features(features)
     if row.get("subject"):
         row["subject"] = str(row["subject"])[:200]
     return row
+
+
+def encode_features(values: Mapping[str, float]) -> str:
+    """The ``features`` column: compact JSON, integers without a fraction."""
+    compact = {
+        name: int(value) if float(value).is_integer() else round(float(value), 4)
+        for name, value in values.items()
+    }
+    return json.dumps(compact, separators=(",", ":"))
 
 
 def read_verdicts(
@@ -186,6 +206,9 @@ def read_verdicts(
             row = dict(record)
             for key in ("recipients", "reasons"):
                 row[key] = json.loads(row[key]) if row.get(key) else []
+            row["features"] = (
+                json.loads(row["features"]) if row.get("features") else None
+            )
             row["label"] = labels.get(row.get("message_id") or "")
             yield row
     finally:
@@ -210,3 +233,8 @@ def _labels_by_message_id(conn: sqlite3.Connection) -> dict[str, str]:
         if message_id not in best or key[:2] >= best[message_id][:2]:
             best[message_id] = key
     return {message_id: key[2] for message_id, key in best.items()}
+
+
+def winning_labels(conn: sqlite3.Connection) -> dict[str, str]:
+    """Message-ID -> label, admin over user reports (for monitoring)."""
+    return _labels_by_message_id(conn)

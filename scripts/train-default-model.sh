@@ -1,7 +1,7 @@
 #!/bin/sh
 # Rebuild the bundled default model from the public corpora, reproducibly.
 #
-#   scripts/train-default-model.sh [CORPORA_DIR] [OUT_DIR]
+#   scripts/train-default-model.sh [CORPORA_DIR] [OUT_DIR] [phishgate train options]
 #
 # CORPORA_DIR defaults to ../shared/corpora (see its README for sources and
 # licences); OUT_DIR defaults to daemon/models/default. The split follows
@@ -9,9 +9,12 @@
 # and spam sources are held out for the test part (a modern mailing list,
 # HTML-rich 2002 ham, a spam collection); thresholds are chosen on training
 # ham sources left out one at a time. The same seed gives the same model.
+# `... --references-only` recomputes only the drift feature references of an
+# existing model from the same training corpora (see MODEL.md).
 set -eu
 C=${1:-../shared/corpora}
 OUT=${2:-daemon/models/default}
+if [ $# -ge 2 ]; then shift 2; else shift $#; fi
 exec phishgate train \
     --corpus "$C/phish-nazario-20051114.mbox.gz:phish" \
     --corpus "$C/phish-nazario-phishing0.mbox.gz:phish" \
@@ -29,4 +32,4 @@ exec phishgate train \
     --test "$C/ham-lore-cake-2019-2026.tar.gz:ham" \
     --test "$C/ham-spamassassin-hard_ham.tar.gz:ham" \
     --test "$C/spam-spamassassin-spam_2.tar.gz:spam" \
-    --out "$OUT"
+    --out "$OUT" "$@"

@@ -59,6 +59,7 @@ import lightgbm as lgb
 import numpy as np
 from phishgate.daemon.canary import canary_messages
 from phishgate.daemon.config import Config
+from phishgate.daemon.drift import DRIFT_FEATURES
 from phishgate.daemon.features import FEATURE_NAMES, SCHEMA_VERSION
 from phishgate.daemon.model import CLASSES, PHISH, Model
 from phishgate.daemon.models_dir import (
@@ -418,8 +419,27 @@ def _meta(
             + [f"{f}* (hashed text)" for f in TEXT_FAMILIES],
         },
         "top_features": top_features(booster),
-        "reference": reference_distributions(booster, reference[0], reference[1]),
+        "reference": _references(parent, reference),
     }
+
+
+def _references(
+    parent: Model, reference: tuple[np.ndarray, np.ndarray]
+) -> dict[str, Any]:
+    """Drift references: the score over this retrain's labelled messages.
+
+    The features are the parent's when it has the whole fixed list:
+    continued training keeps the parent's trees, so the rows it learnt from
+    are still what the model knows; a few hundred reported messages are not
+    a picture of a site's mail.
+    """
+    X, scores = reference
+    out = reference_distributions(scores, X, "the labelled messages of this retrain")
+    stored = (parent.meta.get("reference") or {}).get("features") or {}
+    if all(name in stored for name in DRIFT_FEATURES):
+        out["features"] = {name: stored[name] for name in DRIFT_FEATURES}
+        out["features_from"] = f"inherited from {parent.version}"
+    return out
 
 
 def _write_candidate(

@@ -23,6 +23,12 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from phishgate.daemon.drift import (
+    DRIFT_FEATURES,
+    SCORE_EDGES,
+    bin_shares,
+    feature_references,
+)
 from phishgate.daemon.features import FEATURE_NAMES, SCHEMA_VERSION
 from phishgate.daemon.model import CLASSES, META_FILE, MODEL_FILE, PHISH, file_sha256
 
@@ -212,30 +218,72 @@ def top_features(booster: lgb.Booster, n: int = 25) -> list[dict[str, Any]]:
 
 
 def reference_distributions(
-    booster: lgb.Booster, X: np.ndarray, phish_scores: np.ndarray
+    phish_scores: np.ndarray, feature_rows: np.ndarray, features_from: str
 ) -> dict[str, Any]:
-    """Binned distributions of the score and of the top features, for drift (PSI)."""
-    score_edges = [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0]
-    hist, _ = np.histogram(phish_scores, bins=score_edges)
-    features = {}
-    gains = booster.feature_importance(importance_type="gain")
-    for index in np.argsort(-gains)[:10]:
-        column = X[:, index]
-        edges = np.unique(np.quantile(column, np.linspace(0, 1, 11)))
-        if len(edges) < 2:
-            continue
-        counts, _ = np.histogram(column, bins=edges)
-        features[FEATURE_NAMES[index]] = {
-            "edges": [float(e) for e in edges],
-            "shares": [round(float(c) / max(1, len(column)), 5) for c in counts],
-        }
+    """What drift (PSI) compares live mail with.
+
+    ``score``: the phish score's shares in fixed bins, over *phish_scores*
+    (the evaluation mail: scores of training rows are overfit). ``features``:
+    the fixed list of :data:`phishgate.daemon.drift.DRIFT_FEATURES`, over
+    *feature_rows* (the rows the model learnt from).
+    """
+    hist = bin_shares(np.asarray(phish_scores, dtype=np.float64), SCORE_EDGES)
     return {
         "score": {
-            "edges": score_edges,
-            "shares": [round(float(c) / max(1, len(phish_scores)), 5) for c in hist],
+            "edges": list(SCORE_EDGES),
+            "shares": [round(share, 5) for share in hist],
         },
-        "features": features,
+        "features": training_feature_references(feature_rows),
+        "features_from": features_from,
     }
+
+
+def training_feature_references(X: np.ndarray) -> dict[str, Any]:
+    """``reference.features`` from a feature matrix in the schema's layout."""
+    index = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    return feature_references({name: X[:, index[name]] for name in DRIFT_FEATURES})
+
+
+FEATURES_FROM = "training rows as the model saw them (HTML twins included)"
+
+
+def refresh_feature_references(
+    train_specs: list[CorpusSpec],
+    out: Path,
+    progress: Callable[[str], None] = _say,
+) -> dict[str, Any]:
+    """Recompute ``reference.features`` of the model in *out*, model untouched.
+
+    For a model trained before the fixed drift features existed. The
+    training rows are rebuilt from *train_specs* with the HTML-twin share the
+    model recorded, and must match its per-file counts, so the references
+    describe the very rows it learnt from. Only ``meta.json`` is rewritten;
+    the checksum there covers ``model.txt`` alone, which stays as it is.
+    """
+    meta_path = out / META_FILE
+    meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+    training = meta.get("training") or {}
+    share = float(training.get("augment_html_share", 0.0))
+    progress(f"reading the training corpora again (HTML twin share {share})")
+    train = load_corpora(train_specs, augment_html=share)
+    _check_same_rows(train, training.get("sources") or [])
+    meta.setdefault("reference", {})["features"] = training_feature_references(train.X)
+    meta["reference"]["features_from"] = FEATURES_FROM
+    tmp = meta_path.with_name(f".{META_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    tmp.replace(meta_path)
+    return meta
+
+
+def _check_same_rows(train: Dataset, recorded: list[dict[str, Any]]) -> None:
+    """Refuse corpora that do not give the rows the model was trained on."""
+    want = {s["file"]: s["used"] for s in recorded}
+    have = {Path(p).name: sum(1 for s in train.source if s == p) for p in train.stats}
+    if want != have:
+        raise ValueError(
+            f"these corpora give other training rows than the model's: "
+            f"recorded {want}, read {have}"
+        )
 
 
 def _licence(path: str) -> str:
@@ -330,10 +378,7 @@ def train_and_write(
 
     t3 = time.monotonic()
     evaluation = None
-    reference_X, reference_scores = (
-        train.X,
-        np.asarray(booster.predict(train.X))[:, PHISH],
-    )
+    reference_scores = np.asarray(booster.predict(train.X))[:, PHISH]
     if test is not None and len(test.y):
         probs = np.asarray(booster.predict(test.X))
         evaluation = evaluate_scores(
@@ -342,7 +387,7 @@ def train_and_write(
         evaluation["sources"] = _sources_summary(
             test, {s.path: s.label for s in test_specs}
         )
-        reference_X, reference_scores = test.X, probs[:, PHISH]
+        reference_scores = probs[:, PHISH]
     timings["evaluation_s"] = time.monotonic() - t3
     timings["total_s"] = time.monotonic() - t0
 
@@ -379,7 +424,7 @@ def train_and_write(
         "validation": validation,
         "evaluation": evaluation,
         "top_features": top_features(booster),
-        "reference": reference_distributions(booster, reference_X, reference_scores),
+        "reference": reference_distributions(reference_scores, train.X, FEATURES_FROM),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     write_model_dir(out, booster, meta)

@@ -85,3 +85,31 @@ def test_check_config_command(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "metrics.listen" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[drift]\nthreshold = 0\n", "drift.threshold"),
+        ("[drift]\ninterval_s = -5\n", "drift.interval_s"),
+        ("[drift]\nwindow_hours = 0\n", "drift.window_hours"),
+        ("[drift]\nlabels_window_days = 0\n", "drift.labels_window_days"),
+        ("[drift]\nretrain_cooldown_hours = -1\n", "drift.retrain_cooldown_hours"),
+        ('[drift]\nretrain = "yes"\n', "drift.retrain"),
+        ("[drift]\nwindow = 24\n", "drift.window"),
+    ],
+)
+def test_drift_errors_name_the_key(text: str, key: str) -> None:
+    """Impossible [drift] values and unknown keys are refused, naming the key."""
+    with pytest.raises(ConfigError, match=key):
+        parse_config(text, "test.toml")
+
+
+def test_drift_section_parses_and_example_matches() -> None:
+    """[drift] keys become typed values; the example documents the defaults."""
+    config = parse_config(
+        "[drift]\nthreshold = 0.3\nretrain = true\ninterval_s = 2\n", "t"
+    )
+    assert config.drift.threshold == 0.3 and config.drift.retrain is True
+    assert config.drift.interval_s == 2.0
+    assert load_config(EXAMPLE).drift == Config().drift

@@ -50,6 +50,7 @@ def test_activate_swaps_the_served_model(daemon: ServeProcess) -> None:
     wait_for(lambda: _served_version(daemon) == NEW_VERSION, 20, "new model served")
     daemon.run_cli("model", "rollback")
     wait_for(lambda: _served_version(daemon) == bundled, 20, "bundled model again")
+    assert daemon.metric("phishgate_model_reloads_total", result="ok") == 2
 
 
 def test_corrupt_model_pointer_is_refused(daemon: ServeProcess) -> None:
@@ -61,3 +62,4 @@ def test_corrupt_model_pointer_is_refused(daemon: ServeProcess) -> None:
     daemon.wait_log("reload refused")
     assert _served_version(daemon) == bundled
     assert daemon.metric("phishgate_config_reloads_total", result="refused") >= 1
+    assert daemon.metric("phishgate_model_reloads_total", result="refused") >= 1

@@ -41,3 +41,40 @@ def test_labels_appear_and_admin_wins(tmp_path: Path) -> None:
     assert labels == {"<a@x>": "ham", "<b@x>": None}
     only = list(read_verdicts(tmp_path / DB_NAME, action="quarantine"))
     assert [r["message_id"] for r in only] == ["<a@x>"]
+
+
+OLD_SCHEMA = """
+CREATE TABLE verdicts (
+    id INTEGER PRIMARY KEY, time REAL, time_iso TEXT, front_door TEXT,
+    queue_id TEXT, message_id TEXT, client_addr TEXT, sender TEXT,
+    recipients TEXT, from_header TEXT, subject TEXT, size INTEGER, ham REAL,
+    spam REAL, phish REAL, action TEXT, reasons TEXT, model_version TEXT,
+    scan_ms REAL, status TEXT
+);
+INSERT INTO verdicts (time, message_id, action, phish, reasons, status)
+VALUES (1.0, '<old@x>', 'accept', 0.02, '[]', 'scanned');
+"""
+
+
+def test_old_table_gains_the_features_column(tmp_path: Path) -> None:
+    """A log from before the features column gets it on open; old rows stay."""
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.executescript(OLD_SCHEMA)
+    conn.close()
+
+    log = VerdictLog(tmp_path)
+    log.start()
+    log.record(
+        make_row(message_id="<new@x>", action="tag", features={"url_count": 3.0})
+    )
+    log.close()
+
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(verdicts)")]
+        stored = conn.execute("SELECT features FROM verdicts ORDER BY id").fetchall()
+    conn.close()
+    assert columns[-1] == "features"
+    assert stored == [(None,), ('{"url_count":3}',)]
+    rows = {r["message_id"]: r for r in read_verdicts(tmp_path / DB_NAME)}
+    assert rows["<old@x>"]["features"] is None and rows["<old@x>"]["phish"] == 0.02
+    assert rows["<new@x>"]["features"] == {"url_count": 3}

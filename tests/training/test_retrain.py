@@ -92,6 +92,8 @@ def test_enough_labels_publish_a_new_active_version(
     assert model.version == version
     assert model.meta["parent"] == BUNDLED
     assert model.meta["thresholds"] == Model.load().meta["thresholds"]
+    bundled_features = Model.load().meta["reference"]["features"]
+    assert model.meta["reference"]["features"] == bundled_features  # inherited
     assert any(f"published {version}" in r.getMessage() for r in caplog.records)
     assert _decisions(state) == ["published"]
 

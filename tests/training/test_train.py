@@ -15,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mailfactory import as_bytes, html, plain
+from phishgate.daemon.drift import DRIFT_FEATURE_NAMES
 from phishgate.daemon.model import Model
 from phishgate.daemon.scanner import Scanner
 from phishgate.training.dataset import CorpusSpec, load_corpora
 from phishgate.training.metrics import roc_auc, threshold_at_fpr
-from phishgate.training.train import TrainConfig, fit, train_and_write
+from phishgate.training.train import (
+    TrainConfig,
+    fit,
+    refresh_feature_references,
+    train_and_write,
+)
 
 HAM_WORDS = [
     "meeting",
@@ -163,6 +169,30 @@ def test_model_learns_and_is_written(corpora: dict[str, Path], tmp_path: Path) -
     ham = scanner.scan((corpora["ham_test"] / "0.eml").read_bytes())
     assert phish.verdict.phish > ham.verdict.phish
     assert phish.verdict.reasons
+
+
+def test_drift_references_are_written_and_rebuilt(
+    corpora: dict[str, Path], tmp_path: Path
+) -> None:
+    """Training stores the fixed features' shares; the same corpora rebuild them."""
+    out = tmp_path / "model"
+    config = TrainConfig(rounds=5, choose_thresholds=False, augment_html=0.3)
+    meta = train_and_write(
+        _train_specs(corpora), [], out, config, progress=lambda _: None
+    )
+    written = meta["reference"]["features"]
+    assert list(written) == list(DRIFT_FEATURE_NAMES)
+    assert written["html_present"]["n"] == 300
+
+    stored = json.loads((out / "meta.json").read_text())
+    del stored["reference"]["features"]
+    (out / "meta.json").write_text(json.dumps(stored))
+    rebuilt = refresh_feature_references(_train_specs(corpora), out, lambda _: None)
+    assert rebuilt["reference"]["features"] == written
+    assert Model.load(out).version == meta["version"]  # checksum still holds
+
+    with pytest.raises(ValueError, match="other training rows"):
+        refresh_feature_references(_train_specs(corpora)[:2], out, lambda _: None)
 
 
 def test_shuffled_labels_learn_nothing(corpora: dict[str, Path]) -> None:
