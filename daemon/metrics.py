@@ -15,7 +15,11 @@ from prometheus_client import (
     start_http_server,
 )
 
+from .feedback import REFUSALS
+
 __all__ = ["Metrics"]
+
+ACTIONS = ("accept", "tag", "quarantine", "reject", "tempfail", "report")
 
 STAGE_BUCKETS = (
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
@@ -108,6 +112,24 @@ class Metrics:
         )
         self.build = Info("phishgate_build", "Version of phishgate.", registry=r)
         self._monitoring(r)
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """Export each known label value from the start, so that rate() and
+        increase() see the first event rather than a series appearing at 1."""
+        for front_door in ("milter", "proxy"):
+            for action in ACTIONS:
+                self.messages.labels(front_door=front_door, action=action)
+        for reason in ("timeout", "error", "size", "report"):
+            self.errors.labels(reason=reason)
+        for result in ("ok", "refused"):
+            self.config_reloads.labels(result=result)
+        for result in ("accepted", "refused"):
+            self.reports.labels(result=result)
+        for reason in REFUSALS:
+            self.report_refusals.labels(reason=reason)
+        for label in ("phish", "ham"):
+            self.labels.labels(source="user-report", label=label)
 
     def _monitoring(self, r: CollectorRegistry) -> None:
         """What the periodic monitoring task refreshes, and model reloads."""

@@ -33,20 +33,6 @@ SUFFIXES = {
     "info": ("_info",),
 }
 
-# Metrics other branches are adding for issue 6. Remove this set once they
-# are merged: from then on Metrics() must export them.
-PENDING = {
-    "phishgate_reports_total",
-    "phishgate_report_refusals_total",
-    "phishgate_labels_total",
-    "phishgate_live_precision",
-    "phishgate_live_recall",
-    "phishgate_live_labelled_messages",
-    "phishgate_quarantine_messages",
-    "phishgate_model_created_timestamp_seconds",
-    "phishgate_model_reloads_total",
-}
-
 
 def exported() -> set[str]:
     """Sample names the daemon's registry can produce."""
@@ -82,7 +68,7 @@ def rules() -> list[Any]:
 
 def unknown_metrics(exprs: list[str]) -> set[str]:
     named = {name for expr in exprs for name in METRIC.findall(expr)}
-    return named - exported() - PENDING
+    return named - exported()
 
 
 def promtool() -> str:
@@ -92,11 +78,6 @@ def promtool() -> str:
             pytest.fail("CI=true, so promtool may not be missing", pytrace=False)
         pytest.skip("promtool not installed (Debian package prometheus)")
     return path
-
-
-def test_pending_metrics_are_not_yet_exported() -> None:
-    """The pending set lists only names Metrics() lacks, so it gets pruned."""
-    assert not PENDING & exported()
 
 
 def test_dashboard_has_variables_and_datasource() -> None:
