@@ -67,9 +67,13 @@ class ServeProcess:
         lists: Table | None = None,
         proxy: Table | None = None,
         quarantine: Table | None = None,
+        daemon: Table | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.milter_port = milter_port
+        # Scanning in the daemon's own process starts fastest; tests of the
+        # worker processes ask for them.
+        self.daemon = dict(daemon) if daemon is not None else {"workers": 1}
         self.proxy = dict(proxy) if proxy is not None else {"listen": ""}
         self.quarantine = dict(quarantine or {})
         (self.metrics_port,) = free_ports(1)
@@ -93,6 +97,7 @@ class ServeProcess:
     ) -> str:
         """A complete config on this daemon's ports and state directory."""
         sections = [
+            toml_table("daemon", self.daemon),
             toml_table("milter", {"listen": f"inet:127.0.0.1:{self.milter_port}"}),
             toml_table("metrics", {"listen": f"127.0.0.1:{self.metrics_port}"}),
             toml_table("proxy", self.proxy),
