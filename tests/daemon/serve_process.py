@@ -8,6 +8,7 @@ file under a fresh directory in /tmp. Tests wait on what the daemon does
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from phishgate.daemon.model import default_model_dir
+from phishgate.daemon.models_dir import models_dir
 from postfixlab import free_ports, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -276,3 +279,23 @@ def recipient(domain: str) -> str:
 def message_id() -> str:
     """A fresh Message-ID, to find the message's verdict row."""
     return f"<{uuid.uuid4().hex}@client.example.test>"
+
+
+def publish_model_copy(state_dir: Path, version: str) -> Path:
+    """A valid second model: the bundled one under another version name."""
+    target = models_dir(state_dir) / version
+    shutil.copytree(default_model_dir(), target)
+    meta = json.loads((target / "meta.json").read_text())
+    meta["version"] = version
+    (target / "meta.json").write_text(json.dumps(meta))
+    return target
+
+
+def served_version(serve: ServeProcess) -> str:
+    """The version ``phishgate_model_info`` reports, "" while it is ambiguous."""
+    versions = [
+        dict(labels)["version"]
+        for (name, labels), value in serve.metrics().items()
+        if name == "phishgate_model_info" and value == 1
+    ]
+    return versions[0] if len(versions) == 1 else ""
