@@ -28,8 +28,8 @@ from phishgate.daemon.models_dir import models_dir
 from postfixlab import free_ports, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-STARTUP_TIMEOUT = 30.0
-"""Seconds for the daemon to import, load the model and listen."""
+STARTUP_TIMEOUT = 60.0
+"""Seconds for the daemon to import, load the model (in every worker) and listen."""
 EXIT_TIMEOUT = 30.0
 """Seconds for the daemon to exit after SIGTERM (its own deadline is 20 s)."""
 CLI_TIMEOUT = 60.0
@@ -72,6 +72,7 @@ class ServeProcess:
         quarantine: Table | None = None,
         daemon: Table | None = None,
         env: Mapping[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.milter_port = milter_port
         # Scanning in the daemon's own process starts fastest; tests of the
@@ -85,6 +86,8 @@ class ServeProcess:
         self.config_path = self.root / "phishgate.toml"
         self.log_path = self.root / "serve.log"
         self.env = dict(env or {})
+        self.wrapper = list(wrapper)
+        """A command that execs the daemon's command line given as its arguments."""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_start = 0
         self.write_config(policy=policy, domains=domains, lists=lists)
@@ -128,7 +131,7 @@ class ServeProcess:
         """Start the daemon (again) and wait until it says it is listening."""
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env.update(self.env)
-        command = [sys.executable, "-m", "phishgate.daemon.cli", "serve"]
+        command = [*self.wrapper, sys.executable, "-m", "phishgate.daemon.cli", "serve"]
         self._log_start = len(self.log_text())
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
