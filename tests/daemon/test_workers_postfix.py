@@ -40,6 +40,8 @@ from test_serve_postfix import (
 pytestmark = pytest.mark.postfix
 
 WORKERS = {"workers": 2}
+POLICY = {"scan_timeout_s": 120.0}
+"""The slow message takes seconds on a loaded machine; it must be scanned."""
 NEW_VERSION = "2099-01-01T00-00-00Z-workers1"
 RELOAD_TIMEOUT = 90.0
 """Seconds for a reload: the canary check, then two new workers load the model."""
@@ -71,14 +73,25 @@ def workers_by_message(daemon: ServeProcess) -> dict[str, int]:
 
 def start_workers_daemon(lab: PostfixLab) -> ServeProcess:
     """A daemon with two scan workers and debug logging (it names the worker)."""
-    daemon = ServeProcess(lab.milter_port, domains=DOMAINS, daemon=WORKERS)
+    daemon = ServeProcess(
+        lab.milter_port, policy=POLICY, domains=DOMAINS, daemon=WORKERS
+    )
     debug = toml_table("logging", {"level": "debug"})
-    daemon.write_config_text(daemon.config_text(domains=DOMAINS) + debug)
+    text = daemon.config_text(policy=POLICY, domains=DOMAINS)
+    daemon.write_config_text(text + debug)
     return daemon.start()
 
 
 @pytest.fixture(scope="module")
 def lab(make_postfix_lab: LabFactory) -> Iterator[PostfixLab]:
+    lab = make_postfix_lab()
+    yield lab
+    lab.purge()
+
+
+@pytest.fixture(scope="module")
+def lifecycle_lab(make_postfix_lab: LabFactory) -> Iterator[PostfixLab]:
+    """A lab for the test that starts and stops its own daemon."""
     lab = make_postfix_lab()
     yield lab
     lab.purge()
@@ -142,16 +155,16 @@ def test_new_model_reaches_the_workers(lab: PostfixLab, served: ServeProcess) ->
     assert workers_by_message(served)[msgid] not in old_pids
 
 
-def test_sigterm_finishes_the_scan_in_a_worker(lab: PostfixLab) -> None:
+def test_sigterm_finishes_the_scan_in_a_worker(lifecycle_lab: PostfixLab) -> None:
     """SIGTERM while a worker scans: the message is delivered, workers exit, exit 0."""
     msgid, rcpt = message_id(), recipient("pass.test")
     with ThreadPoolExecutor(1) as pool:
-        daemon = start_workers_daemon(lab)
+        daemon = start_workers_daemon(lifecycle_lab)
         try:
             match = READY_PIDS.search(daemon.log_text())
             assert match is not None, "no 'scan worker processes ready' line"
             pids = [int(pid) for pid in match[1].split()]
-            sending = send_slow(pool, lab, msgid, rcpt)
+            sending = send_slow(pool, lifecycle_lab, msgid, rcpt)
             wait_for(lambda: in_flight(daemon), 20, "slow message in flight")
             daemon.send_signal(signal.SIGTERM)
             queue_id = sending.result(60)
@@ -163,4 +176,4 @@ def test_sigterm_finishes_the_scan_in_a_worker(lab: PostfixLab) -> None:
     assert status == 0
     assert not any(running(pid) for pid in pids)
     assert [(r["queue_id"], r["status"]) for r in rows] == [(queue_id, "scanned")]
-    assert b"X-Phishgate-Status: scanned\n" in delivered_raw(lab, rcpt)
+    assert b"X-Phishgate-Status: scanned\n" in delivered_raw(lifecycle_lab, rcpt)
