@@ -4,6 +4,7 @@
     python bench/bench_milter.py [CORPORA_DIR] [--per-file 100] [--seed 1]
                                  [--concurrency 1,8,32] [--runs 3]
                                  [--warmup 20] [--timeout 30] [--peers]
+                                 [--workers 1,2]
 
 Run it from the repository root with the venv active; CORPORA_DIR defaults
 to ../shared/corpora. Each run starts its own ``phishgate serve`` subprocess
@@ -25,7 +26,14 @@ connections, a reply that is not final where one is due, tempfails and
 fail-opens), the daemon's CPU time per message, its peak RSS (VmRSS sampled
 every 50 ms) and its own mean scan time per message from its metrics. With
 --runs N every figure is the median of the runs, except errors (summed) and
-RSS (the largest).
+RSS (the largest). CPU time and RSS are the whole process tree's: the daemon
+and its scan worker processes (RSS summed, so shared pages count once per
+process).
+
+--workers takes a comma list of ``[daemon] workers`` values (numbers or
+"auto"); every run starts one daemon per value in turn, so the settings are
+compared in the same sitting, and the report has one table per value and
+the throughput of each relative to the first.
 
 --peers also runs ../shared/peers/score_peers.py with the same sample against
 rspamd's HTTP interface at concurrency 1 and 8 in every run (rspamd is
@@ -129,7 +137,7 @@ RECIPIENT = "user@bench.test"
 
 CONFIG = """\
 [daemon]
-scan_processes = {scan_processes}
+workers = {workers}
 [milter]
 listen = "inet:{host}:{milter_port}"
 [proxy]
@@ -388,19 +396,43 @@ def proc_status_kib(pid: int, key: str) -> int:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of a process, all its threads."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
+    """User plus system CPU seconds of a process, all its threads; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
     ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14, 15
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the daemon and its scan workers)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children")
+                todo += [int(c) for c in children.read_text().split()]
+    return tree
+
+
+def tree_cpu_s(pid: int) -> float:
+    return sum(proc_cpu_s(p) for p in process_tree(pid))
+
+
+def tree_rss_kib(pid: int) -> int:
+    return sum(proc_status_kib(p, "VmRSS") for p in process_tree(pid))
 
 
 class Daemon:
     """``phishgate serve`` in a subprocess, on free ports, state in ``workdir``."""
 
-    def __init__(self, workdir: Path, scan_processes: int = 0) -> None:
+    def __init__(self, workdir: Path, workers: str = "1") -> None:
         self.workdir = workdir
-        self.scan_processes = scan_processes
+        self.workers = workers
         self.milter_port = free_port()
         self.metrics_port = free_port()
         self.log_path = workdir / "serve.log"
@@ -421,7 +453,7 @@ class Daemon:
                 milter_port=self.milter_port,
                 metrics_port=self.metrics_port,
                 state_dir=state,
-                scan_processes=self.scan_processes,
+                workers=self.workers if self.workers.isdigit() else f'"{self.workers}"',
             )
         )
         command = [sys.executable, "-m", "phishgate.daemon.cli", "serve"]
@@ -556,13 +588,13 @@ async def connection_worker(
 
 
 async def sample_rss(pid: int, done: asyncio.Event) -> float:
-    """Peak VmRSS in MiB, sampled until ``done`` is set."""
+    """Peak VmRSS of the process tree in MiB, sampled until ``done`` is set."""
     peak = 0
     while not done.is_set():
-        peak = max(peak, proc_status_kib(pid, "VmRSS"))
+        peak = max(peak, tree_rss_kib(pid))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), RSS_INTERVAL_S)
-    return max(peak, proc_status_kib(pid, "VmRSS")) / 1024
+    return max(peak, tree_rss_kib(pid)) / 1024
 
 
 async def run_phase(
@@ -574,7 +606,7 @@ async def run_phase(
     done = asyncio.Event()
     sampler = asyncio.create_task(sample_rss(daemon.pid, done))
     metrics_before = await asyncio.to_thread(daemon.scrape)
-    cpu_before = proc_cpu_s(daemon.pid)
+    cpu_before = tree_cpu_s(daemon.pid)
     start = time.perf_counter()
     workers = [
         connection_worker(daemon.milter_port, jobs, timeout, phase)
@@ -582,7 +614,7 @@ async def run_phase(
     ]
     await asyncio.gather(*workers)
     phase.wall_s = time.perf_counter() - start
-    phase.cpu_ms_per_msg = (proc_cpu_s(daemon.pid) - cpu_before) * 1000 / len(messages)
+    phase.cpu_ms_per_msg = (tree_cpu_s(daemon.pid) - cpu_before) * 1000 / len(messages)
     done.set()
     phase.rss_peak_mib = await sampler
     metrics_after = await asyncio.to_thread(daemon.scrape)
@@ -631,10 +663,11 @@ def bench_phishgate(
     messages: Sequence[Transcript],
     concurrencies: Sequence[int],
     args: argparse.Namespace,
+    workers: str,
 ) -> tuple[list[Phase], list[str]]:
     """One run: a fresh daemon, every concurrency level, the daemon's complaints."""
     with tempfile.TemporaryDirectory(prefix="phishgate-bench-") as workdir:
-        daemon = Daemon(Path(workdir), args.scan_processes)
+        daemon = Daemon(Path(workdir), workers)
         daemon.start()
         try:
             phases = asyncio.run(run_phases(daemon, messages, concurrencies, args))
@@ -773,6 +806,20 @@ def report_phishgate(runs: Sequence[Sequence[Phase]]) -> dict[int, float]:
     return rates
 
 
+def report_scaling(
+    settings: Sequence[str], rates: Mapping[str, Mapping[int, float]]
+) -> None:
+    """Median msgs/s of every setting relative to the first, per concurrency."""
+    base = rates[settings[0]]
+    for workers in settings[1:]:
+        ratios = "  ".join(
+            f"c={level}: {rate / base[level]:.2f}x"
+            for level, rate in rates[workers].items()
+            if base.get(level)
+        )
+        print(f"throughput, workers={workers} over workers={settings[0]}: {ratios}")
+
+
 def report_details(runs: Sequence[Sequence[Phase]], problems: Sequence[str]) -> None:
     """Scan stages, actions and errors behind the table."""
     print("daemon scan time per message (its metrics, mean ms, median of runs):")
@@ -864,7 +911,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per reply")
     ap.add_argument("--peers", action="store_true", help="rspamd in the same sitting")
     ap.add_argument(
-        "--scan-processes", type=int, default=0, help="[daemon] scan_processes"
+        "--workers", default="1", help="comma list of [daemon] workers values"
     )
     ap.add_argument("--peers-dir", default="../shared/peers")
     return ap.parse_args()
@@ -888,24 +935,40 @@ def main() -> int:
     if skip is not None:
         print(f"peers skipped: {skip}")
         rspamd = None
-    runs: list[list[Phase]] = []
+    settings = args.workers.split(",")
+    runs: dict[str, list[list[Phase]]] = {w: [] for w in settings}
     peer_runs: list[list[PeerPhase]] = []
     problems: list[str] = []
     try:
         for number in range(1, args.runs + 1):
-            print(f"run {number}/{args.runs}", file=sys.stderr, flush=True)
-            phases, complaints = bench_phishgate(messages, concurrencies, args)
-            runs.append(phases)
-            problems += complaints
+            # Alternate the order, so a drift in the machine's load during
+            # the sitting does not always favour the same setting.
+            order = settings if number % 2 else settings[::-1]
+            for workers in order:
+                print(
+                    f"run {number}/{args.runs}, workers={workers}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                phases, complaints = bench_phishgate(
+                    messages, concurrencies, args, workers
+                )
+                runs[workers].append(phases)
+                problems += complaints
             if rspamd is not None:
                 peer_runs.append(bench_rspamd(rspamd))
     finally:
         if rspamd is not None:
             rspamd.stop_if_started()
-    rates = report_phishgate(runs)
-    report_details(runs, problems)
-    peer_rates = report_peers(peer_runs, rates) if peer_runs else {}
-    report_targets(runs, rates, peer_rates)
+    rates = {}
+    for workers in settings:
+        print(f"[daemon] workers = {workers}:")
+        rates[workers] = report_phishgate(runs[workers])
+    report_scaling(settings, rates)
+    last = settings[-1]
+    report_details(runs[last], problems)
+    peer_rates = report_peers(peer_runs, rates[last]) if peer_runs else {}
+    report_targets(runs[last], rates[last], peer_rates)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -3,7 +3,7 @@
 
     python bench/bench_proxy.py [CORPORA_DIR] [--per-file 100] [--seed 1]
                                 [--concurrency 1,8,32] [--runs 3] [--warmup 20]
-                                [--timeout 60] [--scan-processes 0]
+                                [--timeout 60] [--workers 1]
                                 [--no-scan-reference]
 
 Run it from the repository root with the venv active; CORPORA_DIR defaults
@@ -75,7 +75,7 @@ HELD = ("quarantine", "reject")
 
 CONFIG = """\
 [daemon]
-scan_processes = {scan_processes}
+workers = {workers}
 [milter]
 listen = "inet:{host}:{milter_port}"
 [proxy]
@@ -218,9 +218,9 @@ def cpu_s(pid: int) -> float:
 class Rig:
     """A sink process and a ``phishgate serve`` whose proxy re-injects into it."""
 
-    def __init__(self, workdir: Path, scan_processes: int) -> None:
+    def __init__(self, workdir: Path, workers: str) -> None:
         self.workdir = workdir
-        self.scan_processes = scan_processes
+        self.workers = workers
         self.sink_port, self.proxy_port = free_port(), free_port()
         self.state_dir = workdir / "state"
         self.log_path = workdir / "serve.log"
@@ -246,7 +246,7 @@ class Rig:
                 sink_port=self.sink_port,
                 metrics_port=free_port(),
                 state_dir=self.state_dir,
-                scan_processes=self.scan_processes,
+                workers=self.workers if self.workers.isdigit() else f'"{self.workers}"',
             )
         )
         command = [sys.executable, "-m", "phishgate.daemon.cli", "serve"]
@@ -466,7 +466,7 @@ def bench_proxy(
 ) -> tuple[list[Phase], list[str]]:
     """One run: a fresh sink and daemon, every concurrency level, complaints."""
     with tempfile.TemporaryDirectory(prefix="phishgate-bench-proxy-") as workdir:
-        rig = Rig(Path(workdir), args.scan_processes)
+        rig = Rig(Path(workdir), args.workers)
         try:
             rig.start()
             phases = asyncio.run(run_phases(rig, messages, concurrencies, args))
@@ -610,7 +610,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=60.0)
-    ap.add_argument("--scan-processes", type=int, default=0)
+    ap.add_argument("--workers", default="1", help="[daemon] workers")
     ap.add_argument("--no-scan-reference", action="store_true")
     return ap.parse_args()
 
@@ -623,7 +623,7 @@ def main() -> int:
     reference = None if args.no_scan_reference else scan_reference(args)
     print(
         f"{len(messages)} messages ({sum(len(m.data) for m in messages) / ONE_MIB:.1f}"
-        f" MiB), {args.runs} runs, scan_processes={args.scan_processes}",
+        f" MiB), {args.runs} runs, workers={args.workers}",
         file=sys.stderr,
     )
     runs, problems = [], []
@@ -634,7 +634,7 @@ def main() -> int:
         problems += complaints
     print(
         f"phishgate proxy -> aiosmtpd sink; {len(messages)} messages, "
-        f"{args.runs} runs (medians), scan_processes={args.scan_processes}"
+        f"{args.runs} runs (medians), workers={args.workers}"
     )
     report(runs, reference, problems)
     return 0

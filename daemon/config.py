@@ -7,6 +7,7 @@ Every key is documented in ``phishgate.example.toml``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -28,6 +29,9 @@ QUARANTINE_MODES = ("hold", "store")
 ON_ERROR = ("accept", "tempfail")
 ACTIONS = ("accept", "tag", "quarantine", "reject")
 _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")
+MAX_WORKERS = 256
+RENAMED = {"daemon.scan_processes": "daemon.workers"}
+"""Keys of earlier versions, so the error says what to write instead."""
 
 
 class ConfigError(Exception):
@@ -61,7 +65,9 @@ class QuarantineConfig:
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    scan_processes: int = 0
+    workers: int | str = "auto"
+    """Scan processes: "auto" (one per usable core), 1 (scan in the daemon's
+    own process, in threads) or N >= 2 worker processes."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,10 @@ def _build(cls: type[T], data: Any, where: str) -> T:
     known = {f.name for f in fields(cls) if f.name != "source"}  # type: ignore[arg-type]  # cls is a dataclass
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key")
+        key = f"{where}.{unknown[0]}"
+        renamed = RENAMED.get(key.removeprefix("config."))
+        why = f"renamed, use {renamed}" if renamed else "unknown key"
+        raise ConfigError(f"{key}: {why}")
     values = {
         name: _convert(hints[name], data[name], f"{where}.{name}") for name in data
     }
@@ -229,6 +238,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     args = get_args(hint)
     if args and type(None) in args:  # float | None
         hint = next(a for a in args if a is not type(None))
+    elif args:  # int | str: the first type the value fits
+        for choice in args:
+            with contextlib.suppress(ConfigError):
+                return _convert(choice, value, where)
+        names = " or ".join(a.__name__ for a in args)
+        raise ConfigError(f"{where}: expected {names}, got {value!r}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
@@ -270,8 +285,7 @@ def _validate(config: Config) -> Config:
         ("proxy.reinject", config.proxy.reinject),
     ):
         _check_host_port(value, key, optional=key != "proxy.reinject")
-    if not 0 <= config.daemon.scan_processes <= 256:
-        raise ConfigError("daemon.scan_processes: between 0 and 256")
+    _check_workers(config.daemon.workers)
     if config.quarantine.retention_days < 1:
         raise ConfigError("quarantine.retention_days: must be at least 1")
     digest_from = config.quarantine.digest_from
@@ -330,6 +344,16 @@ def _check_feedback(feedback: FeedbackConfig) -> None:
         raise ConfigError("feedback.rate_limit_per_hour: must be at least 1")
     if feedback.match_days < 1:
         raise ConfigError("feedback.match_days: must be at least 1")
+
+
+def _check_workers(workers: int | str) -> None:
+    if workers == "auto":
+        return
+    if isinstance(workers, int) and 1 <= workers <= MAX_WORKERS:
+        return
+    raise ConfigError(
+        f'daemon.workers: "auto" or a number from 1 to {MAX_WORKERS}, got {workers!r}'
+    )
 
 
 def _check_retrain(retrain: RetrainConfig) -> None:

@@ -10,7 +10,9 @@ The contract (also in the README):
   change that only a restart can apply ([milter], [metrics], the state
   directory); the log line names the key.
 * Under systemd (``NOTIFY_SOCKET``): ``READY=1`` once listening,
-  ``RELOADING=1``/``READY=1`` around a reload, ``STOPPING=1`` on shutdown.
+  ``RELOADING=1``/``READY=1`` around a reload, ``STOPPING=1`` on shutdown,
+  and ``WATCHDOG=1`` from the event loop every half ``WatchdogSec=``, from
+  the start of startup to the end of shutdown.
 
 Signal handlers only set an event or schedule a task.
 """
@@ -42,7 +44,7 @@ from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
 from .reload import ModelWatcher
-from .systemd import notify
+from .systemd import notify, ping_watchdog, watchdog_interval
 from .verdictlog import VerdictLog
 
 __all__ = ["Daemon", "run"]
@@ -71,8 +73,10 @@ class Daemon:
         self._reload_again = False
         self._drift_task: asyncio.Task[None] | None = None
         self.monitor = Monitor(self.metrics, config_path)
+        self._watchdog_task: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
+        self._start_watchdog()
         config = self.config
         engine = await make_engine(config)
         state_dir = config.state_dir
@@ -127,6 +131,15 @@ class Daemon:
             state_dir,
         )
         notify("READY=1")
+
+    def _start_watchdog(self) -> None:
+        """Ping systemd's watchdog from this loop if ``WatchdogSec=`` is set."""
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        log.debug("systemd watchdog: WATCHDOG=1 every %.1f s", interval)
+        loop = asyncio.get_running_loop()
+        self._watchdog_task = loop.create_task(ping_watchdog(interval))
 
     async def _watch_drift(self) -> None:
         """Refresh drift, live quality and store gauges every ``interval_s``."""
@@ -250,6 +263,8 @@ class Daemon:
             self.pipeline.close()
         if self.verdict_log is not None:
             self.verdict_log.close()
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
         log.info("stopped")
 
     async def _drain_pipeline(self, deadline_s: float) -> None:

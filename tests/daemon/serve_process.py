@@ -8,6 +8,7 @@ file under a fresh directory in /tmp. Tests wait on what the daemon does
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,11 +23,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from phishgate.daemon.model import default_model_dir
+from phishgate.daemon.models_dir import models_dir
 from postfixlab import free_ports, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-STARTUP_TIMEOUT = 30.0
-"""Seconds for the daemon to import, load the model and listen."""
+STARTUP_TIMEOUT = 60.0
+"""Seconds for the daemon to import, load the model (in every worker) and listen."""
 EXIT_TIMEOUT = 30.0
 """Seconds for the daemon to exit after SIGTERM (its own deadline is 20 s)."""
 CLI_TIMEOUT = 60.0
@@ -67,9 +70,14 @@ class ServeProcess:
         lists: Table | None = None,
         proxy: Table | None = None,
         quarantine: Table | None = None,
+        daemon: Table | None = None,
         env: Mapping[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.milter_port = milter_port
+        # Scanning in the daemon's own process starts fastest; tests of the
+        # worker processes ask for them.
+        self.daemon = dict(daemon) if daemon is not None else {"workers": 1}
         self.proxy = dict(proxy) if proxy is not None else {"listen": ""}
         self.quarantine = dict(quarantine or {})
         (self.metrics_port,) = free_ports(1)
@@ -78,6 +86,8 @@ class ServeProcess:
         self.config_path = self.root / "phishgate.toml"
         self.log_path = self.root / "serve.log"
         self.env = dict(env or {})
+        self.wrapper = list(wrapper)
+        """A command that execs the daemon's command line given as its arguments."""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_start = 0
         self.write_config(policy=policy, domains=domains, lists=lists)
@@ -93,6 +103,7 @@ class ServeProcess:
     ) -> str:
         """A complete config on this daemon's ports and state directory."""
         sections = [
+            toml_table("daemon", self.daemon),
             toml_table("milter", {"listen": f"inet:127.0.0.1:{self.milter_port}"}),
             toml_table("metrics", {"listen": f"127.0.0.1:{self.metrics_port}"}),
             toml_table("proxy", self.proxy),
@@ -120,7 +131,7 @@ class ServeProcess:
         """Start the daemon (again) and wait until it says it is listening."""
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env.update(self.env)
-        command = [sys.executable, "-m", "phishgate.daemon.cli", "serve"]
+        command = [*self.wrapper, sys.executable, "-m", "phishgate.daemon.cli", "serve"]
         self._log_start = len(self.log_text())
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -271,3 +282,23 @@ def recipient(domain: str) -> str:
 def message_id() -> str:
     """A fresh Message-ID, to find the message's verdict row."""
     return f"<{uuid.uuid4().hex}@client.example.test>"
+
+
+def publish_model_copy(state_dir: Path, version: str) -> Path:
+    """A valid second model: the bundled one under another version name."""
+    target = models_dir(state_dir) / version
+    shutil.copytree(default_model_dir(), target)
+    meta = json.loads((target / "meta.json").read_text())
+    meta["version"] = version
+    (target / "meta.json").write_text(json.dumps(meta))
+    return target
+
+
+def served_version(serve: ServeProcess) -> str:
+    """The version ``phishgate_model_info`` reports, "" while it is ambiguous."""
+    versions = [
+        dict(labels)["version"]
+        for (name, labels), value in serve.metrics().items()
+        if name == "phishgate_model_info" and value == 1
+    ]
+    return versions[0] if len(versions) == 1 else ""

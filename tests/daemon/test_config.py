@@ -26,6 +26,7 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
     assert config.milter == Config().milter
     assert config.policy == Config().policy
     assert config.proxy == Config().proxy
+    assert config.daemon == Config().daemon
 
 
 @pytest.mark.parametrize(
@@ -40,12 +41,23 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
         ("[[policy.domains]]\ntag_at = 0.5\n", "policy.domains[0].domain"),
         ('[lists]\nallow_domains = "example.org"\n', "lists.allow_domains"),
         ('[proxy]\nreinject = "nohost"\n', "proxy.reinject"),
+        ("[daemon]\nworkers = 0\n", "daemon.workers"),
+        ('[daemon]\nworkers = "all"\n', "daemon.workers"),
+        ("[daemon]\nworkers = 1.5\n", "daemon.workers"),
+        ("[daemon]\nscan_processes = 2\n", "daemon.scan_processes: renamed"),
     ],
 )
 def test_errors_name_the_key(text: str, key: str) -> None:
     """Unknown keys and bad values are refused, naming the key."""
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse_config(text, "test.toml")
+
+
+def test_workers_take_a_number_or_auto() -> None:
+    """[daemon] workers: "auto" by default, or a number of processes."""
+    assert Config().daemon.workers == "auto"
+    assert parse_config("[daemon]\nworkers = 4\n", "t").daemon.workers == 4
+    assert parse_config('[daemon]\nworkers = "auto"\n', "t").daemon.workers == "auto"
 
 
 def test_syntax_error_names_the_line() -> None:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import pytest
 from mailfactory import as_bytes, phish, plain
 from phishgate.daemon.config import parse_config
 from phishgate.daemon.engine import (
@@ -13,51 +19,126 @@ from phishgate.daemon.engine import (
     ThreadEngine,
     build_scanner,
     make_engine,
+    worker_count,
 )
 from phishgate.daemon.metrics import Metrics
+from phishgate.daemon.model import ModelError, default_model_dir
 from phishgate.daemon.pipeline import MessageEnvelope, Pipeline
+from phishgate.daemon.scanner import ScanResult
+
+TWO_WORKERS = parse_config("[daemon]\nworkers = 2\n", "t")
 
 
-def test_processes_and_threads_agree(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def workers() -> Iterator[tuple[asyncio.AbstractEventLoop, ProcessEngine]]:
+    """Two started scan workers and the loop they answer on, shared by tests."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(make_engine(TWO_WORKERS))
+    assert isinstance(engine, ProcessEngine)
+    yield loop, engine
+    engine.close()
+    loop.close()
+
+
+def test_processes_and_threads_agree(
+    workers: tuple[asyncio.AbstractEventLoop, ProcessEngine],
+) -> None:
     """Two worker processes score like the in-process scanner, in parallel."""
-    config = parse_config("[daemon]\nscan_processes = 2\n", "t")
+    loop, engine = workers
     messages = [as_bytes(plain()), as_bytes(phish())] * 4
 
-    async def run() -> tuple[list[float], list[float], set[int]]:
+    async def scan_all() -> list[ScanResult]:
+        return await asyncio.gather(*(engine.scan(m, "") for m in messages))
+
+    results = loop.run_until_complete(scan_all())
+    scanner = build_scanner(TWO_WORKERS)
+    local = [scanner.scan(m, "") for m in messages]
+    assert [r.verdict.phish for r in results] == [r.verdict.phish for r in local]
+    pool = engine._executor._processes  # the pool has no public view of it
+    assert {r.worker_pid for r in results} <= set(pool)
+
+
+def test_every_worker_loads_the_model_before_start_returns(
+    workers: tuple[asyncio.AbstractEventLoop, ProcessEngine],
+) -> None:
+    """start() returns only once all N workers hold the model: N live children."""
+    _, engine = workers
+    processes = engine._executor._processes  # the pool has no public view
+    assert len(processes) == 2
+    assert all(p.is_alive() for p in processes.values())
+
+
+def test_pipeline_with_worker_processes(
+    workers: tuple[asyncio.AbstractEventLoop, ProcessEngine],
+) -> None:
+    """The pipeline decides through worker processes."""
+    loop, engine = workers
+    pipeline = Pipeline(TWO_WORKERS, engine, Metrics(), None)
+    decision = loop.run_until_complete(
+        pipeline.inspect(MessageEnvelope("milter"), as_bytes(phish()))
+    )
+    assert decision.status == "scanned"
+
+
+def test_one_worker_scans_in_this_process() -> None:
+    """workers = 1 scans in threads of the daemon's own process."""
+    config = parse_config("[daemon]\nworkers = 1\n", "t")
+
+    async def run() -> int:
         engine = await make_engine(config)
-        assert isinstance(engine, ProcessEngine)
+        assert isinstance(engine, ThreadEngine)
         try:
-            results = await asyncio.gather(*(engine.scan(m, "") for m in messages))
+            return (await engine.scan(as_bytes(plain()), "")).worker_pid
         finally:
             engine.close()
-        threads = ThreadEngine(build_scanner(config))
-        local = [await threads.scan(m, "") for m in messages]
-        threads.close()
-        workers = {r.worker_pid for r in results}
-        return (
-            [r.verdict.phish for r in results],
-            [r.verdict.phish for r in local],
-            workers,
-        )
 
-    remote, local, workers = asyncio.run(run())
-    assert remote == local
-    assert os.getpid() not in workers
+    assert asyncio.run(run()) == os.getpid()
 
 
-def test_pipeline_with_worker_processes(tmp_path: Path) -> None:
-    """The pipeline decides through worker processes and closes them."""
-    config = parse_config("[daemon]\nscan_processes = 1\n", "t")
+def test_auto_is_one_worker_per_usable_core() -> None:
+    """workers = "auto" (the default) counts the cores this process may use."""
+    cores = len(os.sched_getaffinity(0))
+    assert worker_count(parse_config("", "t")) == cores
+    assert worker_count(parse_config('[daemon]\nworkers = "auto"\n', "t")) == cores
+    assert worker_count(parse_config("[daemon]\nworkers = 3\n", "t")) == 3
 
-    async def run() -> str:
-        engine = await make_engine(config)
-        pipeline = Pipeline(config, engine, Metrics(), None)
+
+def test_broken_model_fails_start_with_its_error(tmp_path: Path) -> None:
+    """A model the workers cannot load raises ModelError, not a broken pool."""
+    broken = tmp_path / "model"
+    shutil.copytree(default_model_dir(), broken)
+    (broken / "model.txt").write_text("not a model\n")
+    text = f'[daemon]\nworkers = 2\n[model]\npath = "{broken}"\n'
+    config = parse_config(text, "t")
+    with pytest.raises(ModelError):
+        asyncio.run(make_engine(config))
+
+
+def test_workers_ignore_sigint_and_a_killed_one_is_replaced() -> None:
+    """Ctrl-C's SIGINT does not reach workers; after a kill, scans get a new pool."""
+    message = as_bytes(plain())
+
+    async def scan_until_it_works(engine: ProcessEngine) -> int:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return (await engine.scan(message, "")).worker_pid
+            except BrokenProcessPool:
+                assert time.monotonic() < deadline, "no new pool within 60 s"
+
+    async def run() -> tuple[int, bool, int]:
+        engine = await make_engine(TWO_WORKERS)
+        assert isinstance(engine, ProcessEngine)
         try:
-            decision = await pipeline.inspect(
-                MessageEnvelope("milter"), as_bytes(phish())
-            )
+            first = (await engine.scan(message, "")).worker_pid
+            os.kill(first, signal.SIGINT)
+            await asyncio.gather(*(engine.scan(message, "") for _ in range(4)))
+            alive = engine._executor._processes[first].is_alive()
+            os.kill(first, signal.SIGKILL)
+            return first, alive, await scan_until_it_works(engine)
         finally:
-            pipeline.close()
-        return decision.status
+            engine.close()
 
-    assert asyncio.run(run()) == "scanned"
+    first, alive_after_sigint, after = asyncio.run(run())
+    assert alive_after_sigint
+    assert after not in (first, os.getpid())
