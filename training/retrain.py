@@ -137,6 +137,13 @@ class LabelRow:
     source: str
     path: str
     sha256: str
+    confidence: str = ""
+    """``inline`` for an original rebuilt from an inline forward."""
+
+
+INLINE_WEIGHT = 0.5
+"""Training weight of an inline-forward label, relative to the others: its
+headers and HTML are lost, so what it says about them is weaker."""
 
 
 @dataclass
@@ -207,13 +214,16 @@ def read_label_rows(conn: sqlite3.Connection) -> list[LabelRow]:
     ).fetchone()
     if not exists:
         return []
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(labels)")}
+    confidence = "confidence" if "confidence" in columns else "''"
     cursor = conn.execute(
-        "SELECT id, time, message_id, label, source, path, sha256 FROM labels "
-        "WHERE label IN ('ham', 'spam', 'phish') ORDER BY id"
+        # Only a fixed column name or a literal enters the SQL text.
+        f"SELECT id, time, message_id, label, source, path, sha256, {confidence} "
+        "FROM labels WHERE label IN ('ham', 'spam', 'phish') ORDER BY id"
     )
     return [
-        LabelRow(int(i), float(t), m or "", lab, src or "", p or "", sha or "")
-        for i, t, m, lab, src, p, sha in cursor
+        LabelRow(int(i), float(t), m or "", lab, src or "", p or "", sha or "", c or "")
+        for i, t, m, lab, src, p, sha, c in cursor
     ]
 
 
@@ -302,14 +312,24 @@ def _corpora(config: Config, raws: list[bytes]) -> tuple[np.ndarray, np.ndarray]
 
 
 def continue_training(
-    parent: lgb.Booster, X: np.ndarray, y: np.ndarray, rounds: int
+    parent: lgb.Booster,
+    X: np.ndarray,
+    y: np.ndarray,
+    rounds: int,
+    trust: np.ndarray | None = None,
 ) -> lgb.Booster:
-    """*rounds* more trees on top of *parent*, excluded columns zeroed."""
+    """*rounds* more trees on top of *parent*, excluded columns zeroed.
+
+    *trust* scales each example's class weight (1 = a label as good as any).
+    """
     params = dict(PARAMS, learning_rate=LEARNING_RATE, seed=SEED, num_threads=0)
+    weight = class_weights(y)
+    if trust is not None:
+        weight = weight * trust
     train_set = lgb.Dataset(
         without_excluded(X, excluded_features()),
         label=y,
-        weight=class_weights(y),
+        weight=weight,
         feature_name=list(FEATURE_NAMES),
         free_raw_data=False,
     )
@@ -568,6 +588,12 @@ def _train_and_judge(
     X_base, y_base = _corpora(config, raws)
     X = np.vstack([X_all[train], X_base])
     y = np.concatenate([y_all[train], y_base])
+    trust = np.concatenate(
+        [
+            [INLINE_WEIGHT if rows[i].confidence == "inline" else 1.0 for i in train],
+            np.ones(len(y_base)),
+        ]
+    )
     log.info(
         "retrain: %d labelled messages for training, %d held back, %d from corpora; "
         "continuing %s",
@@ -576,7 +602,7 @@ def _train_and_judge(
         len(y_base),
         parent_name,
     )
-    booster = continue_training(parent.booster, X, y, settings.rounds)
+    booster = continue_training(parent.booster, X, y, settings.rounds, trust)
 
     sets = {
         "holdback": _Examples(

@@ -15,13 +15,15 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from mailfactory import crafted_ham, crafted_phish
 from phishgate.daemon import models_dir
 from phishgate.daemon.cli import main
-from phishgate.daemon.labels import record_label
+from phishgate.daemon.labels import LabelInfo, record_label
 from phishgate.daemon.model import Model
 from phishgate.daemon.models_dir import BUNDLED
+from phishgate.training import retrain as retrain_module
 from phishgate.training.retrain import LabelRow, judge, resolve_labels, retrain_lock
 
 
@@ -189,3 +191,36 @@ def test_retrain_lock_excludes_a_second_run(state: Path) -> None:
         pytest.raises(BlockingIOError),
     ):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_inline_forward_labels_weigh_half(
+    state: Path, config: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels rebuilt from inline forwards train with half the weight."""
+    rng = random.Random(3)
+    inline = LabelInfo(reporter="ann@example.org", confidence="inline")
+    for i in range(10):
+        record_label(
+            state,
+            crafted_phish(rng, 500 + i),
+            "phish",
+            "user-report",
+            f"<i{i}>",
+            inline,
+        )
+    _label(state, 30)  # newer: the hold-back takes from these
+    seen: list[np.ndarray] = []
+
+    real = retrain_module.continue_training
+
+    def spy(parent: Any, X: Any, y: Any, rounds: int, trust: Any = None) -> Any:
+        seen.append(np.asarray(trust))
+        return real(parent, X, y, rounds, trust)
+
+    monkeypatch.setattr(retrain_module, "continue_training", spy)
+    status = main(["retrain", "--config", config])
+    assert status in (0, 3), status
+    (trust,) = seen
+    halves = int(np.sum(trust == 0.5))
+    assert halves == 10
+    assert set(np.unique(trust)) == {0.5, 1.0}
