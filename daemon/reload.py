@@ -5,6 +5,10 @@ a request to the event loop (``call_soon_threadsafe``), where the daemon
 checks the new model aside and swaps it in between messages, exactly as
 on SIGHUP. Several events in a burst (a temp file written, renamed) give
 one reload.
+
+Only events that can change the pointer count. inotify also reports every
+open and every read-only close, and a reload itself reads the pointer: were
+those taken for changes, each reload would start the next one.
 """
 
 from __future__ import annotations
@@ -14,7 +18,15 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 __all__ = ["ModelWatcher"]
@@ -22,6 +34,17 @@ __all__ = ["ModelWatcher"]
 log = logging.getLogger(__name__)
 
 POINTER = "active"
+# The events that can change a file's content or name; not "opened" nor
+# "closed_no_write" (someone read it).
+CHANGES = frozenset(
+    {
+        EVENT_TYPE_CREATED,
+        EVENT_TYPE_MODIFIED,
+        EVENT_TYPE_MOVED,
+        EVENT_TYPE_DELETED,
+        EVENT_TYPE_CLOSED,
+    }
+)
 
 
 class _Handler(FileSystemEventHandler):
@@ -29,6 +52,8 @@ class _Handler(FileSystemEventHandler):
         self._notify = notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in CHANGES:
+            return
         paths = {str(event.src_path), str(getattr(event, "dest_path", "") or "")}
         if any(Path(p).name == POINTER for p in paths if p):
             self._notify()
