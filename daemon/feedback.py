@@ -28,6 +28,7 @@ import base64
 import binascii
 import email
 import email.utils
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -45,7 +46,7 @@ from pathlib import Path
 from selectolax.lexbor import LexborHTMLParser
 
 from .config import FeedbackConfig, network_list
-from .labels import LabelInfo, open_labels, record_label, store_raw
+from .labels import LabelInfo, open_labels, record_label
 from .message import content_fingerprint, parse_message
 
 __all__ = [
@@ -212,7 +213,7 @@ class ReportDesk:
         info: LabelInfo,
     ) -> int:
         """Record a label once per reporter and message; returns its row id."""
-        _, digest = store_raw(self.state_dir, raw)
+        digest = hashlib.sha256(raw).hexdigest()
         row = conn.execute(
             "SELECT id FROM labels WHERE source = ? AND reporter = ? AND sha256 = ?"
             " AND label = ?",
