@@ -23,15 +23,22 @@ starts a new pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
-import threading
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+import socket
+import struct
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from .auth import DkimVerifier, system_dns_lookup
 from .config import Config
@@ -55,6 +62,9 @@ THREADS = 4
 WARMUP_TIMEOUT_S = 120.0
 """Seconds for every worker to start and load the model."""
 IGNORED_IN_WORKERS = (signal.SIGINT, signal.SIGHUP)
+JOIN_TIMEOUT_S = 10.0
+"""Seconds to wait for a worker to exit once its socket is closed."""
+WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 class ScanEngine(Protocol):
@@ -105,112 +115,233 @@ class ThreadEngine:
 
 
 # ------------------------------------------------------------ in the workers
+#
+# A worker and the daemon talk over one socket pair: frames of a 4-byte
+# big-endian length and a pickle. The daemon sends (raw, mail_from); the
+# worker answers, in order, ("ok", ScanResult) or ("error", exception). Its
+# first frame is ("ready", (pid, model version)) or ("error", why not).
 
-_WORKER_SCANNER: Scanner | Exception | None = None
-_WORKER_READY: threading.Barrier | None = None
+_FRAME = struct.Struct("!I")
 
 
-def _init_worker(
-    config: Config, model_dir: Path, ready: threading.Barrier | None
-) -> None:
-    global _WORKER_SCANNER, _WORKER_READY  # one scanner per worker process
+def _worker_main(config: Config, model_dir: Path, sock: socket.socket) -> None:
+    """A scan worker: load the model, then scan what arrives until EOF."""
     for signum in IGNORED_IN_WORKERS:
         signal.signal(signum, signal.SIG_IGN)
-    _WORKER_READY = ready
+    stream = sock.makefile("rb")
     try:
-        _WORKER_SCANNER = build_scanner(config, model_dir)
-    except Exception as exc:  # kept for _worker_ready: a dead worker says nothing
-        _WORKER_SCANNER = exc
+        scanner = build_scanner(config, model_dir)
+    except Exception as exc:  # the daemon raises it from start()
+        _send_frame(sock, ("error", exc))
+        return
+    release_free_memory()
+    _send_frame(sock, ("ready", (os.getpid(), scanner.model.version)))
+    while (request := _read_frame(stream)) is not None:
+        raw, mail_from = pickle.loads(request)
+        try:
+            reply: tuple[str, object] = ("ok", scanner.scan(raw, mail_from))
+        except Exception as exc:  # the scan fails, the worker carries on
+            reply = ("error", exc)
+        _send_frame(sock, reply)
 
 
-def _scanner() -> Scanner:
-    if not isinstance(_WORKER_SCANNER, Scanner):
-        raise ModelError(f"scan worker has no model: {_WORKER_SCANNER}")
-    return _WORKER_SCANNER
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    """The next frame's payload; None at end of stream."""
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    (length,) = _FRAME.unpack(head)
+    payload = stream.read(length)
+    return payload if len(payload) == length else None
 
 
-def _scan_in_worker(raw: bytes, mail_from: str) -> ScanResult:
-    return _scanner().scan(raw, mail_from)
+def _send_frame(sock: socket.socket, reply: tuple[str, object]) -> None:
+    try:
+        payload = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an exception that does not pickle: send its text
+        payload = pickle.dumps((reply[0], ModelError(repr(reply[1]))))
+    sock.sendall(_FRAME.pack(len(payload)) + payload)
 
 
-def _worker_ready() -> tuple[int, str]:
-    """This worker's pid and model, once every worker has loaded its model.
-
-    Each worker runs one task at a time, so N of these waiting on a barrier
-    for N parties are in N different workers.
-    """
-    if isinstance(_WORKER_SCANNER, Exception) and _WORKER_READY is not None:
-        _WORKER_READY.abort()  # the others stop waiting at once
-    scanner = _scanner()
-    if _WORKER_READY is not None:
-        _WORKER_READY.wait(WARMUP_TIMEOUT_S)
-    return os.getpid(), scanner.model.version
+def release_free_memory() -> None:
+    """Give freed heap back to the OS (the model's JSON dump is large)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # ------------------------------------------------------------ in the daemon
 
 
+class _Worker:
+    """One worker process and the scans sent to it, answered in order."""
+
+    def __init__(self, engine: ProcessEngine, slot: int) -> None:
+        self.slot = slot
+        self._engine = engine
+        parent, child = socket.socketpair()
+        self.process = engine.context.Process(
+            target=_worker_main,
+            args=(engine.config, engine.model_dir, child),
+            name=f"phishgate-scan-{slot}",
+            daemon=True,
+        )
+        with _worker_environment():
+            self.process.start()
+        child.close()
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[tuple[int, str]] = loop.create_future()
+        self.ready.add_done_callback(_retrieve)
+        self.pending: deque[asyncio.Future[ScanResult]] = deque()
+        self._unsent: list[bytes] = []
+        self._writer: asyncio.StreamWriter | None = None
+        self.task = loop.create_task(self._run(parent))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    @property
+    def rank(self) -> tuple[bool, int]:
+        """Sorts ready workers with few scans in flight first."""
+        ready = self.ready.done() and self.ready.exception() is None
+        return not ready, len(self.pending)
+
+    async def scan(self, raw: bytes, mail_from: str) -> ScanResult:
+        if self.task.done():
+            raise BrokenProcessPool(f"scan worker {self.pid} is not running")
+        future: asyncio.Future[ScanResult] = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        payload = pickle.dumps((raw, mail_from), pickle.HIGHEST_PROTOCOL)
+        self._write(_FRAME.pack(len(payload)))
+        self._write(payload)
+        return await future
+
+    def _write(self, data: bytes) -> None:
+        if self._writer is None:
+            self._unsent.append(data)
+        else:
+            self._writer.write(data)
+
+    def stop(self) -> None:
+        """No more scans: the worker answers those sent, then sees EOF and exits."""
+        if self._writer is not None and self._writer.can_write_eof():
+            self._writer.write_eof()
+
+    async def _run(self, sock: socket.socket) -> None:
+        reader, self._writer = await asyncio.open_connection(sock=sock)
+        for data in self._unsent:
+            self._writer.write(data)
+        self._unsent.clear()
+        if self._engine.closing:
+            self.stop()
+        try:
+            await self._answers(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._ended()
+        finally:
+            self._writer.close()
+        # The worker exits at EOF; reap it without blocking the loop.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.process.join, JOIN_TIMEOUT_S)
+
+    async def _answers(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            (length,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+            kind, value = pickle.loads(await reader.readexactly(length))
+            if self.ready.done():
+                _settle(self.pending.popleft(), kind, value)
+            elif kind == "ready":
+                self.ready.set_result(value)
+            else:
+                self.ready.set_exception(value)
+                self._fail(BrokenProcessPool(f"scan worker could not start: {value}"))
+                return
+
+    def _ended(self) -> None:
+        """The worker closed its socket: asked to (engine closing) or died."""
+        error = BrokenProcessPool(f"scan worker {self.pid} died")
+        if not self.ready.done():
+            self.ready.set_exception(error)
+        self._fail(error)
+        if not self._engine.closing:
+            self._engine.replace(self)
+
+    def _fail(self, error: BaseException) -> None:
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+def _settle(future: asyncio.Future[ScanResult], kind: str, value: object) -> None:
+    """Hand a worker's answer to the scan waiting for it, unless it gave up."""
+    if future.done():  # timed out or cancelled; the answer comes too late
+        return
+    if kind == "ok":
+        future.set_result(value)  # type: ignore[arg-type]  # a ScanResult
+    else:
+        future.set_exception(value)  # type: ignore[arg-type]  # an exception
+
+
+def _retrieve(future: asyncio.Future[tuple[int, str]]) -> None:
+    """Mark a worker's start error as seen: a replacement has no one awaiting."""
+    if not future.cancelled():
+        future.exception()
+
+
 class ProcessEngine:
-    """Scans in N spawned worker processes, each holding the same model."""
+    """Scans in N spawned worker processes, each holding the same model.
+
+    Each worker is connected to the event loop by a socket pair: a scan is
+    one frame out and one frame back, with no threads in between. A scan
+    goes to the worker with the fewest scans in flight.
+    """
 
     def __init__(self, config: Config, processes: int) -> None:
         self.config = config
         self.processes = processes
         self.model_dir = serving_model_dir(config)  # one folder for every worker
-        self._context = multiprocessing.get_context("spawn")
-        self._ready = self._context.Barrier(processes)
-        self._executor = self._new_pool(self._ready)
+        self.context = multiprocessing.get_context("spawn")
+        self.closing = False
         self.model_version = ""
+        self._workers: list[_Worker] = []
 
-    def _new_pool(self, ready: threading.Barrier | None) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            self.processes,
-            mp_context=self._context,
-            initializer=_init_worker,
-            initargs=(self.config, self.model_dir, ready),
-        )
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes now serving, in slot order."""
+        return [worker.pid for worker in self._workers]
+
+    def is_alive(self, pid: int) -> bool:
+        """Whether the worker process ``pid`` is one of ours and running."""
+        return any(w.pid == pid and w.process.is_alive() for w in self._workers)
 
     async def start(self) -> None:
         """Start every worker and load the model; raises what loading raised."""
-        loop = asyncio.get_running_loop()
+        self._workers = [_Worker(self, slot) for slot in range(self.processes)]
         results = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._executor, _worker_ready)
-                for _ in range(self.processes)
-            ),
+            *(asyncio.wait_for(w.ready, WARMUP_TIMEOUT_S) for w in self._workers),
             return_exceptions=True,
         )
-        ready: list[tuple[int, str]] = []
-        errors: list[BaseException] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                errors.append(result)
-            else:
-                ready.append(result)
-        if errors:  # the worker's own error, not the others' broken barrier
-            errors.sort(key=lambda e: isinstance(e, threading.BrokenBarrierError))
-            # Wait for workers still starting: they read the barrier we own.
-            await loop.run_in_executor(None, self._executor.shutdown)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:  # a worker's own error before the pipes it broke
+            errors.sort(key=lambda e: isinstance(e, BrokenProcessPool))
+            self.close()
             raise errors[0]
+        ready = [r for r in results if not isinstance(r, BaseException)]
         self.model_version = ready[0][1]
-        pids = sorted(pid for pid, _ in ready)
         log.info(
             "%d scan worker processes ready (pids %s), model %s",
             self.processes,
-            " ".join(map(str, pids)),
+            " ".join(map(str, sorted(pid for pid, _ in ready))),
             self.model_version,
         )
 
     async def scan(self, raw: bytes, mail_from: str) -> ScanResult:
-        loop = asyncio.get_running_loop()
-        executor = self._executor
-        try:
-            result = await loop.run_in_executor(
-                executor, _scan_in_worker, raw, mail_from
-            )
-        except BrokenProcessPool:
-            self._replace(executor)
-            raise
+        if self.closing:
+            raise BrokenProcessPool("scan engine closed")
+        worker = min(self._workers, key=lambda w: w.rank)
+        result = await worker.scan(raw, mail_from)
         log.debug(
             "message_id=%s scanned by worker %d in %.1f ms",
             result.message_id or "-",
@@ -219,20 +350,38 @@ class ProcessEngine:
         )
         return result
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        """Start a new pool in place of *broken*, once however many scans saw it."""
-        if self._executor is not broken:
-            return
+    def replace(self, dead: _Worker) -> None:
+        """Start a new worker in the slot of one that died."""
         log.error(
-            "a scan worker process died (killed? out of memory?); starting %d new ones",
-            self.processes,
+            "scan worker process %d died (killed? out of memory?); starting a new one",
+            dead.pid,
         )
-        broken.shutdown(wait=False, cancel_futures=True)
-        self._executor = self._new_pool(None)
+        self._workers[dead.slot] = _Worker(self, dead.slot)
 
     def close(self) -> None:
-        """Stop taking work; scans already running finish."""
-        self._executor.shutdown(wait=False, cancel_futures=False)
+        """Stop taking work; scans already sent finish, then the workers exit."""
+        self.closing = True
+        for worker in self._workers:
+            worker.stop()
+
+    async def wait_closed(self) -> None:
+        """After :meth:`close`: wait until every worker has answered and exited."""
+        await asyncio.gather(*(worker.task for worker in self._workers))
+
+
+@contextlib.contextmanager
+def _worker_environment() -> Iterator[None]:
+    """Environment for spawned workers: one BLAS thread (they scan one at a time)."""
+    saved = {name: os.environ.get(name) for name in WORKER_ENVIRONMENT}
+    os.environ.update(WORKER_ENVIRONMENT)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def worker_count(config: Config) -> int:

@@ -37,6 +37,7 @@ def workers() -> Iterator[tuple[asyncio.AbstractEventLoop, ProcessEngine]]:
     assert isinstance(engine, ProcessEngine)
     yield loop, engine
     engine.close()
+    loop.run_until_complete(engine.wait_closed())
     loop.close()
 
 
@@ -54,8 +55,7 @@ def test_processes_and_threads_agree(
     scanner = build_scanner(TWO_WORKERS)
     local = [scanner.scan(m, "") for m in messages]
     assert [r.verdict.phish for r in results] == [r.verdict.phish for r in local]
-    pool = engine._executor._processes  # the pool has no public view of it
-    assert {r.worker_pid for r in results} <= set(pool)
+    assert {r.worker_pid for r in results} <= set(engine.pids)
 
 
 def test_every_worker_loads_the_model_before_start_returns(
@@ -63,9 +63,8 @@ def test_every_worker_loads_the_model_before_start_returns(
 ) -> None:
     """start() returns only once all N workers hold the model: N live children."""
     _, engine = workers
-    processes = engine._executor._processes  # the pool has no public view
-    assert len(processes) == 2
-    assert all(p.is_alive() for p in processes.values())
+    assert len(engine.pids) == 2
+    assert all(engine.is_alive(pid) for pid in engine.pids)
 
 
 def test_pipeline_with_worker_processes(
@@ -115,7 +114,7 @@ def test_broken_model_fails_start_with_its_error(tmp_path: Path) -> None:
 
 
 def test_workers_ignore_sigint_and_a_killed_one_is_replaced() -> None:
-    """Ctrl-C's SIGINT does not reach workers; after a kill, scans get a new pool."""
+    """Ctrl-C's SIGINT does not reach workers; a killed one is replaced."""
     message = as_bytes(plain())
 
     async def scan_until_it_works(engine: ProcessEngine) -> int:
@@ -133,11 +132,12 @@ def test_workers_ignore_sigint_and_a_killed_one_is_replaced() -> None:
             first = (await engine.scan(message, "")).worker_pid
             os.kill(first, signal.SIGINT)
             await asyncio.gather(*(engine.scan(message, "") for _ in range(4)))
-            alive = engine._executor._processes[first].is_alive()
+            alive = engine.is_alive(first)
             os.kill(first, signal.SIGKILL)
             return first, alive, await scan_until_it_works(engine)
         finally:
             engine.close()
+            await engine.wait_closed()
 
     first, alive_after_sigint, after = asyncio.run(run())
     assert alive_after_sigint
