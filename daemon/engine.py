@@ -10,14 +10,18 @@ listeners, the single SQLite writer and the one metrics registry. Workers
 are spawned (not forked: the main process has threads) and every one has
 loaded the model before the daemon says it is ready.
 
+Each worker is joined to the event loop by a socket pair, and a scan is
+one frame each way (the message out, a small result back): no helper
+threads in the daemon, so its event loop never waits for the GIL behind
+them. A scan goes to the ready worker with the fewest scans in flight.
+
 Workers ignore SIGINT and SIGHUP, which a terminal sends to the whole
-process group: the main process decides when they stop (it shuts the pool
-down after the scans in flight). SIGTERM keeps its default, because the
-pool itself uses it to end the workers of a broken pool; the systemd unit
-has ``KillMode=mixed`` so that ``systemctl stop`` signals the main process
-only. A worker that dies anyway (killed, out of memory) breaks the pool:
-the scans it held fail (and follow ``[policy] on_error``) and the next scan
-starts a new pool.
+process group: the main process decides when they stop (on close it ends
+their input; they answer the scans already sent, then exit). SIGTERM keeps
+its default; the systemd unit has ``KillMode=mixed`` so that ``systemctl
+stop`` signals the main process only. A worker that dies anyway (killed,
+out of memory) fails only the scans it held (they follow ``[policy]
+on_error``), and a new worker starts in its place.
 """
 
 from __future__ import annotations

@@ -50,13 +50,12 @@ QuarantineWriter = Callable[[MessageEnvelope, bytes, Decision], str]
 
 def message_bytes(envelope: Envelope) -> bytes:
     """Rebuild the message as the client sent it: headers, blank line, body."""
-    lines = []
-    for name, value in envelope.headers:
-        value = value.replace("\r\n", "\n").replace("\n", "\r\n")
-        lines.append(
-            f"{name}: {value.lstrip(' ')}\r\n".encode("utf-8", "surrogateescape")
-        )
-    return b"".join(lines) + b"\r\n" + envelope.body
+    text = "".join(
+        f"{name}: {value.lstrip(' ')}\r\n" for name, value in envelope.headers
+    )
+    # Folded values carry bare LF between their lines; the wire wants CRLF.
+    head = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    return b"".join((head.encode("utf-8", "surrogateescape"), b"\r\n", envelope.body))
 
 
 def to_message_envelope(envelope: Envelope) -> MessageEnvelope:

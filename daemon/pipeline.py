@@ -271,11 +271,11 @@ class Pipeline:
             engine.close()
 
     def _observe(self, result: ScanResult) -> None:
-        scan = self.metrics.scan_seconds
-        scan.labels(stage="parse").observe(result.parse_s)
-        scan.labels(stage="features").observe(result.features_s)
-        scan.labels(stage="model").observe(result.model_s)
-        scan.labels(stage="total").observe(result.scan_s)
+        stages = self.metrics.stage_seconds
+        stages["parse"].observe(result.parse_s)
+        stages["features"].observe(result.features_s)
+        stages["model"].observe(result.model_s)
+        stages["total"].observe(result.scan_s)
         self.metrics.phish_score.observe(result.verdict.phish)
 
     def _scanned(self, result: ScanResult, outcome: PolicyResult) -> Decision:

@@ -272,33 +272,41 @@ class _Framer:
         self._buffer.clear()
 
     def _drain(self) -> list[tuple[bytes, bytes]]:
+        """Every complete packet in the buffer, cut in one pass."""
+        buffer = self._buffer
+        size = len(buffer)
         packets: list[tuple[bytes, bytes]] = []
         offset = 0
-        while (packet := self._packet_at(offset)) is not None:
-            code, data, offset = packet
-            packets.append((code, data))
-        del self._buffer[:offset]
+        with memoryview(buffer) as view:  # payloads copied once, not twice
+            while (end := self._packet_end(offset, size)) is not None:
+                code = _CODE_BYTES[buffer[offset + p.MILTER_LEN_BYTES]]
+                start = offset + p.MILTER_LEN_BYTES + 1
+                packets.append((code, bytes(view[start:end])))
+                offset = end
+        del buffer[:offset]
         return packets
 
-    def _packet_at(self, offset: int) -> tuple[bytes, bytes, int] | None:
-        buffer = self._buffer
+    def _packet_end(self, offset: int, size: int) -> int | None:
+        """Where the packet at ``offset`` ends, or None if it is not all here."""
         header_end = offset + p.MILTER_LEN_BYTES
-        if len(buffer) < header_end:
+        if size < header_end:
             return None
-        (length,) = _UINT32.unpack_from(buffer, offset)
+        (length,) = _UINT32.unpack_from(self._buffer, offset)
         if length == 0:
             raise ProtocolError("packet length 0")
         if length > self._max_packet:
             raise ProtocolError(f"packet length {length} over {self._max_packet}")
-        if len(buffer) <= header_end:
+        if size <= header_end:
             return None
-        code = bytes(buffer[header_end : header_end + 1])
+        code = _CODE_BYTES[self._buffer[header_end]]
         if code not in self._codes:
             raise ProtocolError(f"unknown packet code {code!r}")
         end = header_end + length
-        if len(buffer) < end:
-            return None
-        return code, bytes(buffer[header_end + 1 : end]), end
+        return end if size >= end else None
+
+
+_CODE_BYTES = tuple(bytes((value,)) for value in range(256))
+"""Each byte value as a one-byte ``bytes`` (packet codes), made once."""
 
 
 def _packet(code: bytes, data: bytes = b"") -> bytes:
@@ -390,8 +398,12 @@ def _parse_args(data: bytes, what: str) -> tuple[str, ...]:
 
 
 def _parse_header(data: bytes) -> Header:
-    name, value = _exact_strings(data, 2, "HEADER")
-    return Header(name, value)
+    # The commonest packet by far: checked and split without helpers.
+    fields = data[:-1].split(b"\0") if data.endswith(b"\0") else []
+    if len(fields) != 2:
+        _exact_strings(data, 2, "HEADER")  # raises the precise error
+    name, value = fields
+    return Header(_text(name), _text(value))
 
 
 def _parse_empty(kind: Callable[[], Command]) -> Callable[[bytes], Command]:

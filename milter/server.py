@@ -114,7 +114,9 @@ class _Connection:
         self._reader = reader
         self._writer = writer
         self._decoder = Decoder(session.options.max_packet_bytes)
-        self._commands: asyncio.Queue[Command | _Marker] = asyncio.Queue()
+        # One item per read: the commands it completed (a message's steps
+        # usually arrive together), or a marker.
+        self._commands: asyncio.Queue[list[Command] | _Marker] = asyncio.Queue()
         self._read_error: Exception | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -154,8 +156,8 @@ class _Connection:
     async def _read(self) -> None:
         try:
             while data := await self._reader.read(READ_SIZE):
-                for command in self._decoder.feed(data):
-                    self._commands.put_nowait(command)
+                if commands := self._decoder.feed(data):
+                    self._commands.put_nowait(commands)
         except Exception as exc:  # re-raised by _serve() after queued commands
             self._read_error = exc
         finally:
@@ -170,11 +172,30 @@ class _Connection:
                 if self.session.in_message:
                     continue
                 return
-            await self._send(await self._dispatch(item))
-            if self.session.closed or (self._stopping and not self.session.in_message):
+            if await self._apply(item):
                 return
         if self._read_error is not None:
             raise self._read_error
+
+    async def _apply(self, commands: list[Command]) -> bool:
+        """Apply commands in order, replies in order; True if the connection ends.
+
+        Steps that call no handler hook are applied without a pause, and
+        their replies (usually none) go out together.
+        """
+        replies = b""
+        for command in commands:
+            reply = self.session.handle_now(command)
+            if reply is None:
+                await self._send(replies)
+                replies = await self._dispatch(command)
+            else:
+                replies += reply
+            if self.session.closed or (self._stopping and not self.session.in_message):
+                await self._send(replies)
+                return True
+        await self._send(replies)
+        return False
 
     async def _send(self, packets: bytes) -> None:
         if packets:

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 _CONNECTION_MACRO_STAGES = frozenset({p.SMFIC_CONNECT, p.SMFIC_HELO})
 _ALLOWED_BEFORE_OPTNEG = (OptNeg, Abort, Quit, QuitNoClose)
+_NEED_HANDLER = (EndOfMessage, Quit, QuitNoClose)
+"""Commands that always call a handler hook (end of message, close)."""
 _session_ids = itertools.count(1)
 
 _StepCommand = (
@@ -163,21 +165,41 @@ class Session:
 
         Raises :class:`ProtocolError` when the MTA breaks the protocol.
         """
-        if self.negotiation is None and not isinstance(command, _ALLOWED_BEFORE_OPTNEG):
-            raise ProtocolError(f"{type(command).__name__} before OPTNEG")
+        reply = self.handle_now(command)
+        if reply is not None:
+            return reply
         if isinstance(command, EndOfMessage):
             return await self._end_of_message(command.chunk)
         if isinstance(command, Abort):
             await self._abort()
         elif isinstance(command, Quit | QuitNoClose):
             await self._quit(command)
-        elif isinstance(command, OptNeg):
-            return self._negotiate(command)
-        elif isinstance(command, Macro):
-            self._store_macros(command)
-        else:
-            return self._acknowledge(self._collect(command))
         return b""
+
+    def handle_now(self, command: Command) -> bytes | None:
+        """Apply a command that calls no handler hook; None if it does.
+
+        Every step before end of message is such a command, and so is an
+        ABORT between messages: a server applies them without awaiting
+        anything. END OF MESSAGE, QUIT and an ABORT inside a message return
+        None and need :meth:`handle`. Raises :class:`ProtocolError` as
+        :meth:`handle` does.
+        """
+        if self.negotiation is None and not isinstance(command, _ALLOWED_BEFORE_OPTNEG):
+            raise ProtocolError(f"{type(command).__name__} before OPTNEG")
+        if isinstance(command, _NEED_HANDLER):
+            return None
+        if isinstance(command, Abort):
+            if self.envelope is not None:
+                return None
+            self._finish_message()
+            return b""
+        if isinstance(command, Macro):
+            self._store_macros(command)
+            return b""
+        if isinstance(command, OptNeg):
+            return self._negotiate(command)
+        return self._acknowledge(self._collect(command))
 
     def _negotiate(self, offer: OptNeg) -> bytes:
         self.negotiation = negotiate(offer, self.options)
