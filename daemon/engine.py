@@ -7,8 +7,8 @@ event loop (milter, proxy, verdict log, metrics) in the main process and
 sends each message to one of N worker processes, each with its own copy of
 the model: scans then use every core, while one process still owns the
 listeners, the single SQLite writer and the one metrics registry. Workers
-are spawned (not forked: the main process has threads) and every one has
-loaded the model before the daemon says it is ready.
+are fresh interpreters (not forked: the main process has threads), and
+every one has loaded the model before the daemon says it is ready.
 
 Each worker is joined to the event loop by a socket pair, and a scan is
 one frame each way (the message out, a small result back): no helper
@@ -31,14 +31,14 @@ import contextlib
 import ctypes
 import gc
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
 import socket
 import struct
+import subprocess
+import sys
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -63,12 +63,24 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 THREADS = 4
+SWITCH_INTERVAL_S = 0.001
+"""GIL hand-over interval with scan threads (Python's default is 5 ms)."""
+MALLOC_ARENAS = 2
+"""glibc heaps for the daemon's threads; its default (8 per core) lets each
+thread fragment a heap of its own, and the resident size grows with them."""
+M_ARENA_MAX = -8  # glibc malloc.h
 WARMUP_TIMEOUT_S = 120.0
 """Seconds for every worker to start and load the model."""
 IGNORED_IN_WORKERS = (signal.SIGINT, signal.SIGHUP)
 JOIN_TIMEOUT_S = 10.0
 """Seconds to wait for a worker to exit once its socket is closed."""
 WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+"""Workers scan one message at a time: one BLAS/OpenMP thread is enough."""
+WORKER_COMMAND = (
+    "import sys; from phishgate.daemon.engine import worker_main;"
+    " worker_main(int(sys.argv[1]))"
+)
+"""How a worker starts: a fresh interpreter, given its end of the socket pair."""
 
 
 class ScanEngine(Protocol):
@@ -99,9 +111,16 @@ def build_scanner(config: Config, model_dir: Path | None = None) -> Scanner:
 
 
 class ThreadEngine:
-    """Scans in a small thread pool of this process."""
+    """Scans in a small thread pool of this process.
+
+    A scan thread holds the GIL for up to the interpreter's switch interval
+    before the event loop gets it back after any system call; the default
+    5 ms would be added to a reply's latency several times, so the engine
+    shortens it for the process.
+    """
 
     def __init__(self, scanner: Scanner, threads: int = THREADS) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.scanner = scanner
         self.model_version = scanner.model.version
         self._executor: Executor = ThreadPoolExecutor(
@@ -128,11 +147,19 @@ class ThreadEngine:
 _FRAME = struct.Struct("!I")
 
 
-def _worker_main(config: Config, model_dir: Path, sock: socket.socket) -> None:
-    """A scan worker: load the model, then scan what arrives until EOF."""
+def worker_main(fd: int) -> None:
+    """A scan worker on socket ``fd``: load the model, then scan until EOF.
+
+    The first frame from the daemon is (config, model folder).
+    """
     for signum in IGNORED_IN_WORKERS:
         signal.signal(signum, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
     stream = sock.makefile("rb")
+    setup = _read_frame(stream)
+    if setup is None:
+        return
+    config, model_dir = pickle.loads(setup)
     try:
         scanner = build_scanner(config, model_dir)
     except Exception as exc:  # the daemon raises it from start()
@@ -167,6 +194,12 @@ def _send_frame(sock: socket.socket, reply: tuple[str, object]) -> None:
     sock.sendall(_FRAME.pack(len(payload)) + payload)
 
 
+def limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas for this process (see ``MALLOC_ARENAS``)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
 def release_free_memory() -> None:
     """Give freed heap back to the OS (the model's JSON dump is large)."""
     gc.collect()
@@ -184,26 +217,25 @@ class _Worker:
         self.slot = slot
         self._engine = engine
         parent, child = socket.socketpair()
-        self.process = engine.context.Process(
-            target=_worker_main,
-            args=(engine.config, engine.model_dir, child),
-            name=f"phishgate-scan-{slot}",
-            daemon=True,
-        )
-        with _worker_environment():
-            self.process.start()
-        child.close()
+        with child:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", WORKER_COMMAND, str(child.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(child.fileno(),),
+                env={**os.environ, **WORKER_ENVIRONMENT},
+            )
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[tuple[int, str]] = loop.create_future()
         self.ready.add_done_callback(_retrieve)
         self.pending: deque[asyncio.Future[ScanResult]] = deque()
-        self._unsent: list[bytes] = []
+        setup = pickle.dumps((engine.config, engine.model_dir), pickle.HIGHEST_PROTOCOL)
+        self._unsent: list[bytes] = [_FRAME.pack(len(setup)), setup]
         self._writer: asyncio.StreamWriter | None = None
         self.task = loop.create_task(self._run(parent))
 
     @property
     def pid(self) -> int:
-        return self.process.pid or 0
+        return self.process.pid
 
     @property
     def rank(self) -> tuple[bool, int]:
@@ -247,7 +279,8 @@ class _Worker:
             self._writer.close()
         # The worker exits at EOF; reap it without blocking the loop.
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.process.join, JOIN_TIMEOUT_S)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await loop.run_in_executor(None, self.process.wait, JOIN_TIMEOUT_S)
 
     async def _answers(self, reader: asyncio.StreamReader) -> None:
         while True:
@@ -306,7 +339,6 @@ class ProcessEngine:
         self.config = config
         self.processes = processes
         self.model_dir = serving_model_dir(config)  # one folder for every worker
-        self.context = multiprocessing.get_context("spawn")
         self.closing = False
         self.model_version = ""
         self._workers: list[_Worker] = []
@@ -318,7 +350,7 @@ class ProcessEngine:
 
     def is_alive(self, pid: int) -> bool:
         """Whether the worker process ``pid`` is one of ours and running."""
-        return any(w.pid == pid and w.process.is_alive() for w in self._workers)
+        return any(w.pid == pid and w.process.poll() is None for w in self._workers)
 
     async def start(self) -> None:
         """Start every worker and load the model; raises what loading raised."""
@@ -373,21 +405,6 @@ class ProcessEngine:
         await asyncio.gather(*(worker.task for worker in self._workers))
 
 
-@contextlib.contextmanager
-def _worker_environment() -> Iterator[None]:
-    """Environment for spawned workers: one BLAS thread (they scan one at a time)."""
-    saved = {name: os.environ.get(name) for name in WORKER_ENVIRONMENT}
-    os.environ.update(WORKER_ENVIRONMENT)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def worker_count(config: Config) -> int:
     """``[daemon] workers`` as a number; "auto" is the cores we may run on."""
     workers = config.daemon.workers
@@ -398,6 +415,7 @@ def worker_count(config: Config) -> int:
 
 async def make_engine(config: Config) -> ScanEngine:
     """The engine ``[daemon] workers`` asks for, ready to scan."""
+    limit_malloc_arenas()
     workers = worker_count(config)
     if workers >= 2:
         engine = ProcessEngine(config, workers)

@@ -15,12 +15,17 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
 
 from .features import FEATURE_NAMES, SCHEMA_VERSION, Features
+
+if TYPE_CHECKING:
+    # Imported where a model is loaded: the daemon's main process, which
+    # leaves scanning to worker processes, never needs LightGBM (nor the
+    # SciPy it pulls in, some 30 MB).
+    import lightgbm as lgb
 
 __all__ = [
     "CLASSES",
@@ -210,6 +215,8 @@ class Model:
             raise ModelError(f"{model_file}: missing")
         if file_sha256(model_file) != meta.get("model_sha256"):
             raise ModelError(f"{model_file}: checksum does not match {META_FILE}")
+        import lightgbm as lgb  # lazy: see the TYPE_CHECKING import above
+
         try:
             booster = lgb.Booster(model_file=str(model_file))
         except lgb.basic.LightGBMError as exc:
