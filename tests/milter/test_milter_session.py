@@ -298,3 +298,18 @@ def test_quit_no_close_starts_a_new_smtp_session() -> None:
     assert not session.closed
     assert session.client is None
     assert session.macros == {}
+
+
+def test_handle_now_applies_steps_and_defers_hooks() -> None:
+    """Steps apply without awaiting; EOM, QUIT and an ABORT in a message defer."""
+    handler = RecordingHandler()
+    session = Session(handler, peer="test")
+    optneg, *steps = [*connection_commands(), *message_commands()[:-2]]
+    assert session.handle_now(optneg)  # the OPTNEG reply
+    assert all(session.handle_now(command) == b"" for command in steps)
+    assert session.in_message
+    assert session.handle_now(EndOfMessage()) is None
+    assert session.handle_now(Abort()) is None
+    assert session.handle_now(Quit()) is None
+    assert handler.envelopes == []
+    assert handler.aborted == []
