@@ -243,8 +243,12 @@ def worker_count(config: Config) -> int:
     return int(workers)
 
 
-async def make_engine(config: Config) -> ScanEngine:
-    """The engine ``[daemon] workers`` asks for, ready to scan."""
+async def make_engine(config: Config, scanner: Scanner | None = None) -> ScanEngine:
+    """The engine ``[daemon] workers`` asks for, ready to scan.
+
+    With one worker, *scanner* (already loaded and checked) is used as it
+    is; worker processes always load their own copy of the model.
+    """
     workers = worker_count(config)
     if workers >= 2:
         engine = ProcessEngine(config, workers)
@@ -254,6 +258,7 @@ async def make_engine(config: Config) -> ScanEngine:
             engine.close()
             raise
         return engine
-    loop = asyncio.get_running_loop()
-    scanner = await loop.run_in_executor(None, build_scanner, config)
+    if scanner is None:
+        loop = asyncio.get_running_loop()
+        scanner = await loop.run_in_executor(None, build_scanner, config)
     return ThreadEngine(scanner)

@@ -44,6 +44,7 @@ from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
 from .reload import ModelWatcher
+from .scanner import Scanner
 from .systemd import notify, ping_watchdog, watchdog_interval
 from .verdictlog import VerdictLog
 
@@ -206,10 +207,11 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             _check_reloadable(self.config, config)
-            await asyncio.get_running_loop().run_in_executor(
-                None, _check_canary, config
+            # Loaded and checked in a thread: the loop keeps serving mail.
+            scanner = await asyncio.get_running_loop().run_in_executor(
+                None, _checked_scanner, config
             )
-            engine = await make_engine(config)
+            engine = await make_engine(config, scanner)
         except (ConfigError, ModelError, OSError) as exc:
             self._refuse_reload(str(exc))
             if isinstance(exc, ModelError):
@@ -284,11 +286,13 @@ RESTART_ONLY = ("milter", "metrics", "proxy")
 """Config sections fixed at startup: the listeners and what they negotiate."""
 
 
-def _check_canary(config: Config) -> None:
-    """Refuse a model that gets any canary message wrong."""
-    failures = canary_failures(build_scanner(config))
+def _checked_scanner(config: Config) -> Scanner:
+    """The configured model, loaded; refused if it gets any canary message wrong."""
+    scanner = build_scanner(config)
+    failures = canary_failures(scanner)
     if failures:
         raise ModelError(f"canary check failed: {'; '.join(failures[:3])}")
+    return scanner
 
 
 def _check_reloadable(old: Config, new: Config) -> None:
