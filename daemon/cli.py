@@ -359,7 +359,9 @@ def cmd_log(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     since = _parse_since(args.since) if args.since else None
     rows = read_verdicts(config.state_dir / DB_NAME, since, args.action, args.limit)
+    shown = 0
     for row in rows:
+        shown += 1
         if args.json:
             row.setdefault("label", None)
             print(json.dumps(row, ensure_ascii=False))
@@ -371,6 +373,11 @@ def cmd_log(args: argparse.Namespace) -> int:
                 f"{row['time_iso']} {row['queue_id'] or '-'} {row['action']:<10} "
                 f"phish={phish}{label} {row['message_id'] or '-'} {reasons}"
             )
+    if not shown and not args.json:  # say so, on stderr: stdout stays parseable
+        print(
+            f"phishgate: no verdicts match in {config.state_dir / DB_NAME}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

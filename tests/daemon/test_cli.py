@@ -175,3 +175,16 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     proc = run("scan", "--model", str(tmp_path), "-", stdin=b"")
     assert proc.returncode == 2
     assert b"model" in proc.stderr
+
+
+def test_empty_log_and_quarantine_say_so_on_stderr(tmp_path: Path) -> None:
+    """Nothing logged or held: a line on stderr, empty stdout, exit 0."""
+    config = tmp_path / "phishgate.toml"
+    config.write_text(f'[storage]\nstate_dir = "{tmp_path / "state"}"\n')
+    for command in (["log"], ["quarantine", "list"]):
+        proc = run(*command, "--config", str(config))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == b""
+        assert b"phishgate: " in proc.stderr
+        quiet = run(*command, "--json", "--config", str(config))
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, b"", b"")
