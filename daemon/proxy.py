@@ -80,9 +80,18 @@ def _split_params(arg: str) -> tuple[str, list[str]]:
 
 
 class ProxySMTP(SMTP):
-    """aiosmtpd's server, plus XFORWARD and pass-through DSN parameters."""
+    """aiosmtpd's server, plus LMTP, XFORWARD and pass-through DSN parameters.
+
+    The client's greeting picks the protocol for the session: after ``LHLO``
+    (RFC 2033) the end of DATA is answered with one reply per accepted
+    recipient, so Postfix's ``lmtp`` transport retries only the recipients
+    that got a 4xx; after ``EHLO`` or ``HELO`` there is one reply for all.
+    The handler's ``handle_DATA`` returns a list of per-recipient replies or
+    one reply (used for every recipient in LMTP).
+    """
 
     extras: _Extras
+    lmtp: bool = False
     line_length_limit = MAX_LINE_BYTES
 
     def _set_rset_state(self) -> None:
@@ -95,6 +104,20 @@ class ProxySMTP(SMTP):
         # Postfix, its own XFORWARD: nothing carries over to the next one.
         super()._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd is untyped here
         self.extras = _Extras()
+
+    @syntax("LHLO hostname")
+    async def smtp_LHLO(self, arg: str) -> None:
+        """The LMTP greeting: the same extensions as EHLO."""
+        await self.smtp_EHLO(arg)
+        self.lmtp = bool(arg)
+
+    async def smtp_EHLO(self, arg: str) -> None:
+        self.lmtp = False
+        await super().smtp_EHLO(arg)
+
+    async def smtp_HELO(self, arg: str) -> None:
+        self.lmtp = False
+        await super().smtp_HELO(arg)
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         for item in arg.split():
@@ -143,13 +166,20 @@ class ProxySMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         content = await read_data(self._reader, self.data_size_limit)
         if content is None:
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()
+            await self._reply_data("552 Error: Too much mail data")
             return
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
+        await self._reply_data("250 OK" if status is MISSING else status)
+
+    async def _reply_data(self, status: str | list[str]) -> None:
+        """The reply to the end of DATA: one, or one per recipient in LMTP."""
+        assert self.envelope is not None  # set by aiosmtpd before any command
+        count = len(self.envelope.rcpt_tos) if self.lmtp else 1
+        replies = status if isinstance(status, list) else [status] * count
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        self._writer.write("".join(r + "\r\n" for r in replies).encode())
+        await self._writer.drain()
 
 
 async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | None:
@@ -214,80 +244,163 @@ class ProxyHandler:
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    ) -> str | list[str]:
+        """One reply (SMTP), or one per recipient (LMTP, see ProxySMTP)."""
         extras: _Extras = getattr(server, "extras", _Extras())
+        lmtp: bool = getattr(server, "lmtp", False)
         raw = envelope.original_content or b""
         msg_env = _message_envelope(session, envelope, extras)
         try:
-            return await self._handle(msg_env, raw, envelope, extras)
-        except ReinjectError as exc:
-            log.warning(
-                "queue_id=%s: re-injection to %s:%d failed: %s",
-                msg_env.queue_id or "-",
-                *self.reinject,
-                exc,
-            )
-            return TEMPFAIL_451.format(why="re-injection failed")
+            outcomes = await self._handle(msg_env, raw, envelope, extras, lmtp)
         except Exception:  # never lose mail to our own bug: Postfix retries
             log.exception("queue_id=%s: proxy error", msg_env.queue_id or "-")
             return TEMPFAIL_451.format(why="internal error")
+        if lmtp:
+            return _per_recipient(outcomes, len(envelope.rcpt_tos))
+        return _one_reply(outcomes)
 
     async def _handle(
-        self, msg_env: MessageEnvelope, raw: bytes, envelope: Envelope, extras: _Extras
-    ) -> str:
-        decision = await self.pipeline().inspect(msg_env, raw)
-        if decision.action == "tempfail":
-            return TEMPFAIL_451.format(why="scan failed")
-        done = []
-        report = decision.report
-        if report is not None and report.forward:
-            message = rewrite_headers(raw, (report.header,), "")
-            await self._reinject(message, msg_env, [(report.forward_to, [])], extras)
-            done.append("report forwarded")
-        elif report is not None:
-            done.append(f"report {report.result.summary}")
-        skip = set(report.recipients) if report is not None else set()
-        rcpts = [
-            (rcpt, extras.rcpt_params[i] if i < len(extras.rcpt_params) else [])
-            for i, rcpt in enumerate(envelope.rcpt_tos)
-            if rcpt not in skip
-        ]
-        for action, group in _recipient_groups(decision, rcpts).items():
-            done.append(
-                await self._deliver_group(action, group, msg_env, raw, decision, extras)
-            )
-        return OK_250.format(what="; ".join(done))
-
-    async def _deliver_group(
         self,
-        action: str,
-        rcpts: list[tuple[str, list[str]]],
+        msg_env: MessageEnvelope,
+        raw: bytes,
+        envelope: Envelope,
+        extras: _Extras,
+        lmtp: bool,
+    ) -> list[Outcome]:
+        """Scan, then carry out the decision group by group.
+
+        In SMTP mode the first failed group ends the message (Postfix retries
+        every recipient anyway); in LMTP mode every group gets its own try.
+        """
+        decision = await self.pipeline().inspect(msg_env, raw)
+        everyone = list(range(len(envelope.rcpt_tos)))
+        if decision.action == "tempfail":
+            return [Outcome(everyone, failed="scan failed")]
+        rcpts = [
+            Rcpt(i, rcpt, extras.rcpt_params[i] if i < len(extras.rcpt_params) else [])
+            for i, rcpt in enumerate(envelope.rcpt_tos)
+        ]
+        report = decision.report
+        skip = set(report.recipients) if report is not None else set()
+        jobs: list[tuple[str, list[Rcpt]]] = []
+        if report is not None:
+            jobs.append(("report", [r for r in rcpts if r.address in skip]))
+        others = [r for r in rcpts if r.address not in skip]
+        jobs += _recipient_groups(decision, others).items()
+        return await self._deliver_all(jobs, msg_env, raw, decision, extras, lmtp)
+
+    async def _deliver_all(
+        self,
+        jobs: list[tuple[str, list[Rcpt]]],
         msg_env: MessageEnvelope,
         raw: bytes,
         decision: Decision,
         extras: _Extras,
-    ) -> str:
-        if action == "quarantine":
-            # The stored copy says what happened to it, also for a reject.
-            held = replace(decision, headers=_with_action(decision.headers, action))
-            return await self._quarantine(raw, msg_env, held, [r for r, _ in rcpts])
-        tag = decision.subject_tag if action == "tag" else ""
-        message = rewrite_headers(raw, _with_action(decision.headers, action), tag)
-        await self._reinject(message, msg_env, rcpts, extras)
-        return f"{action} {len(rcpts)}"
+        lmtp: bool,
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        unreachable = ""
+        for action, group in jobs:
+            indices = [r.index for r in group]
+            if outcomes and outcomes[-1].failed and not lmtp:
+                outcome = Outcome(indices, failed=outcomes[-1].failed)
+            elif unreachable and action != "quarantine":
+                outcome = Outcome(indices, failed=unreachable)
+            else:
+                outcome = await self._deliver_group(
+                    action, group, msg_env, raw, decision, extras, lmtp
+                )
+                unreachable = unreachable or outcome.unreachable
+            outcomes.append(outcome)
+        return outcomes
+
+    async def _deliver_group(
+        self,
+        action: str,
+        rcpts: list[Rcpt],
+        msg_env: MessageEnvelope,
+        raw: bytes,
+        decision: Decision,
+        extras: _Extras,
+        partial: bool,
+    ) -> Outcome:
+        """Re-inject, store or forward one group; its Outcome, never raises.
+
+        With ``partial`` (LMTP), recipients the re-injection smtpd refuses
+        are retried on their own while the others are delivered.
+        """
+        indices = [r.index for r in rcpts]
+        try:
+            if action == "report":
+                return await self._report(rcpts, msg_env, raw, decision, extras)
+            if action == "quarantine":
+                return Outcome(
+                    indices, await self._quarantine(raw, msg_env, decision, rcpts)
+                )
+            tag = decision.subject_tag if action == "tag" else ""
+            message = rewrite_headers(raw, _with_action(decision.headers, action), tag)
+            refused = await self._reinject(message, msg_env, rcpts, extras, partial)
+        except ReinjectError as exc:
+            log.warning(
+                "queue_id=%s: re-injection to %s:%d failed for %d recipients: %s",
+                msg_env.queue_id or "-",
+                *self.reinject,
+                len(rcpts),
+                exc,
+            )
+            unreachable = "re-injection failed" if exc.unreachable else ""
+            return Outcome(
+                indices, failed="re-injection failed", unreachable=unreachable
+            )
+        except Exception:  # never lose mail to our own bug: Postfix retries
+            log.exception("queue_id=%s: proxy error", msg_env.queue_id or "-")
+            return Outcome(indices, failed="internal error")
+        if refused:
+            log.warning(
+                "queue_id=%s: re-injection refused %d of %d recipients: %s",
+                msg_env.queue_id or "-",
+                len(refused),
+                len(rcpts),
+                "; ".join(refused.values()),
+            )
+        return Outcome(
+            indices, action, f"{action} {len(rcpts) - len(refused)}", refused
+        )
+
+    async def _report(
+        self,
+        rcpts: list[Rcpt],
+        msg_env: MessageEnvelope,
+        raw: bytes,
+        decision: Decision,
+        extras: _Extras,
+    ) -> Outcome:
+        """The report addresses: forward an accepted report, or just answer."""
+        report = decision.report
+        assert report is not None  # only called for a message with a report
+        indices = [r.index for r in rcpts]
+        if not report.forward:
+            return Outcome(indices, f"report {report.result.summary}")
+        message = rewrite_headers(raw, (report.header,), "")
+        forward = [Rcpt(indices[0], report.forward_to, [])]
+        await self._reinject(message, msg_env, forward, extras, partial=False)
+        return Outcome(indices, "report forwarded")
 
     async def _quarantine(
         self,
         raw: bytes,
         msg_env: MessageEnvelope,
         decision: Decision,
-        rcpts: list[str],
+        rcpts: list[Rcpt],
     ) -> str:
         store = self.store()
         if store is None:
             raise RuntimeError("quarantine needed but no store configured")
+        # The stored copy says what happened to it, also for a reject.
+        held = replace(decision, headers=_with_action(decision.headers, "quarantine"))
+        addresses = tuple(r.address for r in rcpts)
         entry = await asyncio.get_running_loop().run_in_executor(
-            None, store_decision, store, msg_env, raw, decision, tuple(rcpts)
+            None, store_decision, store, msg_env, raw, held, addresses
         )
         log.info("queue_id=%s: quarantined as %s", msg_env.queue_id or "-", entry)
         return f"quarantined {entry}"
@@ -296,25 +409,88 @@ class ProxyHandler:
         self,
         message: bytes,
         msg_env: MessageEnvelope,
-        rcpts: list[tuple[str, list[str]]],
+        rcpts: list[Rcpt],
         extras: _Extras,
-    ) -> None:
-        """One SMTP transaction into Postfix; ReinjectError if it did not take it."""
+        partial: bool,
+    ) -> dict[int, str]:
+        """One SMTP transaction into Postfix; the recipients it refused.
+
+        ReinjectError if it took none of them (or, unless ``partial``, not
+        all of them), or not the message.
+        """
         client = await self.sessions.take()
         try:
-            await _transaction(client, message, msg_env, rcpts, extras)
+            refused = await _transaction(
+                client, message, msg_env, rcpts, extras, partial
+            )
         except (aiosmtplib.SMTPException, OSError) as exc:
             self.sessions.discard(client)
             raise ReinjectError(str(exc)) from exc
         self.sessions.give_back(client)
+        return refused
 
     def close(self) -> None:
         """Drop the idle re-injection sessions."""
         self.sessions.close()
 
 
+@dataclass(frozen=True)
+class Rcpt:
+    """One recipient: its place in RCPT order, address and RCPT parameters."""
+
+    index: int
+    address: str
+    params: list[str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a group of recipients (by their place in RCPT order)."""
+
+    rcpts: list[int]
+    done: str = ""
+    """Per recipient, what was done: ``accept``, ``quarantined <id>``..."""
+    summary: str = ""
+    """For the one SMTP reply: ``accept 2``; ``done`` when empty."""
+    refused: dict[int, str] = field(default_factory=dict)
+    """Recipients the re-injection smtpd refused: its reply, to be retried."""
+    failed: str = ""
+    """Why the whole group must be retried; empty when it was done."""
+    unreachable: str = ""
+    """Set when no re-injection session could be opened."""
+
+    def reply(self, index: int) -> str:
+        """The reply for one recipient of the group."""
+        if self.failed:
+            return TEMPFAIL_451.format(why=self.failed)
+        if index in self.refused:
+            return TEMPFAIL_451.format(why=f"re-injection: {self.refused[index]}")
+        return OK_250.format(what=self.done)
+
+
+def _per_recipient(outcomes: list[Outcome], count: int) -> list[str]:
+    """LMTP: one reply per recipient, in RCPT order (RFC 2033 4.2)."""
+    replies = {i: o.reply(i) for o in outcomes for i in o.rcpts}
+    return [replies[i] for i in range(count)]
+
+
+def _one_reply(outcomes: list[Outcome]) -> str:
+    """SMTP: 250 only when every recipient's part was done, else 451."""
+    for outcome in outcomes:
+        if outcome.failed:
+            return TEMPFAIL_451.format(why=outcome.failed)
+        if outcome.refused:
+            return TEMPFAIL_451.format(why="re-injection refused recipient")
+    return OK_250.format(what="; ".join(o.summary or o.done for o in outcomes))
+
+
 class ReinjectError(Exception):
     """Postfix's re-injection smtpd refused the message or could not be reached."""
+
+    def __init__(self, why: str, *, unreachable: bool = False) -> None:
+        super().__init__(why)
+        self.unreachable = unreachable
+        """No session could be opened: later groups need not try."""
 
 
 class ReinjectSessions:
@@ -369,7 +545,7 @@ class ReinjectSessions:
             await client.ehlo()
         except (aiosmtplib.SMTPException, OSError) as exc:
             client.close()
-            raise ReinjectError(str(exc)) from exc
+            raise ReinjectError(str(exc), unreachable=True) from exc
         self._opened[client] = time.monotonic()
         return client
 
@@ -429,10 +605,15 @@ async def _transaction(
     client: aiosmtplib.SMTP,
     message: bytes,
     msg_env: MessageEnvelope,
-    rcpts: list[tuple[str, list[str]]],
+    rcpts: list[Rcpt],
     extras: _Extras,
-) -> None:
-    """XFORWARD, MAIL, RCPT..., DATA with the original envelope."""
+    partial: bool,
+) -> dict[int, str]:
+    """XFORWARD, MAIL, RCPT..., DATA with the original envelope.
+
+    Returns the recipients refused at RCPT (index -> reply) when ``partial``
+    and some were taken; otherwise any refusal raises, before DATA.
+    """
     if extras.xforward and client.supports_extension("xforward"):
         attrs = " ".join(f"{k}={v}" for k, v in extras.xforward.items())
         await _expect(client, f"XFORWARD {attrs}")
@@ -443,9 +624,19 @@ async def _transaction(
     encoding = "utf-8" if utf8 else "ascii"
     dsn = client.supports_extension("dsn")
     await client.mail(msg_env.mail_from, options=options, encoding=encoding)
-    for rcpt, params in rcpts:
-        await client.rcpt(rcpt, options=params if dsn else [], encoding=encoding)
+    refused: dict[int, str] = {}
+    for rcpt in rcpts:
+        try:
+            await client.rcpt(
+                rcpt.address, options=rcpt.params if dsn else [], encoding=encoding
+            )
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused[rcpt.index] = " ".join(f"{exc.code} {exc.message}".split())
+    if refused and (not partial or len(refused) == len(rcpts)):
+        await client.rset()
+        raise ReinjectError(f"recipients refused: {'; '.join(refused.values())}")
     await client.data(message)
+    return refused
 
 
 def _mail_options(
@@ -505,19 +696,17 @@ def _message_envelope(
     )
 
 
-def _recipient_groups(
-    decision: Decision, rcpts: list[tuple[str, list[str]]]
-) -> dict[str, list[tuple[str, list[str]]]]:
-    """(recipient, RCPT parameters) grouped by action; ``reject`` never bounces."""
+def _recipient_groups(decision: Decision, rcpts: list[Rcpt]) -> dict[str, list[Rcpt]]:
+    """Recipients grouped by action, in RCPT order; ``reject`` never bounces."""
     per_rcpt = dict(decision.per_recipient)
-    groups: dict[str, list[tuple[str, list[str]]]] = {}
-    for rcpt, params in rcpts:
-        action = per_rcpt.get(rcpt, decision.action)
+    groups: dict[str, list[Rcpt]] = {}
+    for rcpt in rcpts:
+        action = per_rcpt.get(rcpt.address, decision.action)
         if action not in SEVERITY:
             action = "accept"
         if action == "reject":
             action = "quarantine"
-        groups.setdefault(action, []).append((rcpt, params))
+        groups.setdefault(action, []).append(rcpt)
     return groups
 
 

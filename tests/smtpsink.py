@@ -31,13 +31,35 @@ class Received:
 class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     reply: str = "250 2.0.0 Ok: queued"
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    """Recipient -> the refusal its RCPT gets (others get 250)."""
+    data_replies: dict[str, str] = field(default_factory=dict)
+    """Recipient -> the reply to DATA of any transaction that names it."""
 
     # The same extensions as the proxy offers: DSN, XFORWARD, PIPELINING.
     handle_EHLO = ProxyHandler.handle_EHLO
 
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
+        refusal = [
+            self.data_replies[r] for r in envelope.rcpt_tos if r in self.data_replies
+        ]
+        if refusal:
+            return refusal[0]
         extras: Any = getattr(server, "extras")  # noqa: B009  # set by ProxySMTP
         self.messages.append(
             Received(
