@@ -1,8 +1,10 @@
-"""The SMTP proxy front door: Postfix's after-queue content filter.
+"""The LMTP/SMTP proxy front door: Postfix's after-queue content filter.
 
-Postfix hands every message over SMTP (``content_filter = scan:[127.0.0.1]:10025``);
-the proxy scans it through the same pipeline as the milter and re-injects it
-into Postfix's second smtpd (``127.0.0.1:10026``). Rules that keep mail safe:
+Postfix hands every message over LMTP (``content_filter =
+phishgate:[127.0.0.1]:10025`` with an ``lmtp`` transport; an ``smtp`` one
+works too); the proxy scans it through the same pipeline as the milter and
+re-injects it into Postfix's second smtpd (``127.0.0.1:10026``). Rules that
+keep mail safe:
 
 * ``250`` only after the message was re-injected or durably quarantined;
   ``451`` on any failure (re-injection refused or timed out, internal
@@ -14,7 +16,9 @@ into Postfix's second smtpd (``127.0.0.1:10026``). Rules that keep mail safe:
   case. ``XFORWARD`` is offered so Postfix passes the original client, and
   passed on to the re-injection smtpd.
 * Recipients whose domains get different actions are split: each group is
-  delivered (or held) in its own transaction.
+  delivered (or held) in its own transaction. Over LMTP each recipient gets
+  its own reply, so a group that fails is retried alone; over SMTP the one
+  reply is 451 if any group failed (the groups done may get a duplicate).
 * Report addresses (``[feedback]``) are taken off the recipients; an accepted
   report goes to ``[feedback] forward_to`` (if set), a refused one nowhere
   (after the queue, the reporter cannot be told in the session).
