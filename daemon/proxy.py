@@ -28,18 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from .headers import rewrite_headers
 from .pipeline import HEADER_PREFIX, Decision, MessageEnvelope, Pipeline
 from .policy import SEVERITY
 from .quarantine import QuarantineStore, store_decision
+from .reinject import ReinjectError, ReinjectSessions, Transaction
 
 __all__ = ["ProxyHandler", "ProxySMTP", "ProxyServer", "read_data"]
 
@@ -49,12 +48,6 @@ log = logging.getLogger(__name__)
 OK_250 = "250 2.0.0 Ok: {what}"
 TEMPFAIL_451 = "451 4.3.0 Error: {why}, try again later"
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
-REINJECT_MAX_IDLE = 16
-"""Idle re-injection sessions kept (Postfix's scan transport opens up to 10)."""
-REINJECT_IDLE_S = 2.0
-"""Idle sessions are closed after this, as smtp_connection_cache_time_limit."""
-REINJECT_REUSE_S = 10.0
-"""Sessions are not reused past this age (smtp_connection_reuse_time_limit)."""
 MAX_LINE_BYTES = 1024 * 1024
 """Longest line taken in DATA. smtp(8) folds at smtp_line_length_limit (998)
 unless set to 0; aiosmtpd's own limit, 1001, would answer 500: a bounce."""
@@ -422,16 +415,15 @@ class ProxyHandler:
         ReinjectError if it took none of them (or, unless ``partial``, not
         all of them), or not the message.
         """
-        client = await self.sessions.take()
-        try:
-            refused = await _transaction(
-                client, message, msg_env, rcpts, extras, partial
-            )
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            self.sessions.discard(client)
-            raise ReinjectError(str(exc)) from exc
-        self.sessions.give_back(client)
-        return refused
+        tx = Transaction(
+            msg_env.mail_from,
+            [(r.address, r.params) for r in rcpts],
+            message,
+            extras.mail_params,
+            extras.xforward,
+        )
+        refused = await self.sessions.send(tx, partial)
+        return {rcpts[i].index: reply for i, reply in refused.items()}
 
     def close(self) -> None:
         """Drop the idle re-injection sessions."""
@@ -488,172 +480,6 @@ def _one_reply(outcomes: list[Outcome]) -> str:
     return OK_250.format(what="; ".join(o.summary or o.done for o in outcomes))
 
 
-class ReinjectError(Exception):
-    """Postfix's re-injection smtpd refused the message or could not be reached."""
-
-    def __init__(self, why: str, *, unreachable: bool = False) -> None:
-        super().__init__(why)
-        self.unreachable = unreachable
-        """No session could be opened: later groups need not try."""
-
-
-class ReinjectSessions:
-    """SMTP sessions to the re-injection smtpd, reused between messages.
-
-    A new connection costs the greeting, EHLO and QUIT round trips on every
-    message; Postfix's own smtp(8) caches sessions for the same reason, and
-    with the same limits: a session goes back only after a complete
-    transaction, it is probed with RSET before reuse (a session the server
-    closed is replaced before any of the message is sent), it is closed when
-    idle for ``idle_s`` or older than ``reuse_s``. Each open session holds
-    one of the re-injection smtpd's processes (``maxproc``); the age limit
-    lets anybody else waiting for one (``phishgate quarantine release``) in.
-    """
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        timeout_s: float,
-        max_idle: int = REINJECT_MAX_IDLE,
-        idle_s: float = REINJECT_IDLE_S,
-        reuse_s: float = REINJECT_REUSE_S,
-    ) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self.max_idle = max_idle
-        self.idle_s = idle_s
-        self.reuse_s = reuse_s
-        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
-        self._opened: dict[aiosmtplib.SMTP, float] = {}
-        self._expiry: asyncio.TimerHandle | None = None
-        self._quitting: set[asyncio.Task[None]] = set()
-
-    async def take(self) -> aiosmtplib.SMTP:
-        """A live session after EHLO; ReinjectError if none can be opened."""
-        while self._idle:
-            client, _ = self._idle.pop()
-            try:
-                await client.rset()
-                return client
-            except (aiosmtplib.SMTPException, OSError):
-                self.discard(client)
-        return await self._open()
-
-    async def _open(self) -> aiosmtplib.SMTP:
-        host, port = self.address
-        client = aiosmtplib.SMTP(
-            hostname=host, port=port, timeout=self.timeout_s, start_tls=False
-        )
-        try:
-            await client.connect()
-            await client.ehlo()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            client.close()
-            raise ReinjectError(str(exc), unreachable=True) from exc
-        self._opened[client] = time.monotonic()
-        return client
-
-    def give_back(self, client: aiosmtplib.SMTP) -> None:
-        """Keep a session after a complete transaction, within the limits."""
-        now = time.monotonic()
-        young = now - self._opened.get(client, now) < self.reuse_s
-        if young and len(self._idle) < self.max_idle and client.is_connected:
-            self._idle.append((client, now))
-            self._schedule_expiry()
-        else:
-            self._quit(client)
-
-    def discard(self, client: aiosmtplib.SMTP) -> None:
-        """Drop a session in an unknown state: no QUIT, never reused."""
-        self._opened.pop(client, None)
-        client.close()
-
-    def close(self) -> None:
-        """Close every idle session (at shutdown)."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-        while self._idle:
-            self.discard(self._idle.pop()[0])
-
-    def _schedule_expiry(self) -> None:
-        if self._expiry is None:
-            loop = asyncio.get_running_loop()
-            self._expiry = loop.call_later(self.idle_s, self._expire)
-
-    def _expire(self) -> None:
-        self._expiry = None
-        now = time.monotonic()
-        stale = [c for c, since in self._idle if now - since >= self.idle_s]
-        self._idle = [(c, t) for c, t in self._idle if now - t < self.idle_s]
-        for client in stale:
-            self._quit(client)
-        if self._idle:
-            self._schedule_expiry()
-
-    def _quit(self, client: aiosmtplib.SMTP) -> None:
-        """QUIT in the background (no reply is waited for on the mail path)."""
-        self._opened.pop(client, None)
-        task = asyncio.get_running_loop().create_task(_quit(client))
-        self._quitting.add(task)
-        task.add_done_callback(self._quitting.discard)
-
-
-async def _quit(client: aiosmtplib.SMTP) -> None:
-    try:
-        await client.quit()
-    except (aiosmtplib.SMTPException, OSError):
-        client.close()
-
-
-async def _transaction(
-    client: aiosmtplib.SMTP,
-    message: bytes,
-    msg_env: MessageEnvelope,
-    rcpts: list[Rcpt],
-    extras: _Extras,
-    partial: bool,
-) -> dict[int, str]:
-    """XFORWARD, MAIL, RCPT..., DATA with the original envelope.
-
-    Returns the recipients refused at RCPT (index -> reply) when ``partial``
-    and some were taken; otherwise any refusal raises, before DATA.
-    """
-    if extras.xforward and client.supports_extension("xforward"):
-        attrs = " ".join(f"{k}={v}" for k, v in extras.xforward.items())
-        await _expect(client, f"XFORWARD {attrs}")
-    options = _mail_options(client, extras.mail_params, message)
-    # RFC 6531: a UTF-8 envelope goes on the wire as UTF-8 under SMTPUTF8;
-    # aiosmtplib encodes addresses as ASCII unless told otherwise.
-    utf8 = any(p.upper() == "SMTPUTF8" for p in options)
-    encoding = "utf-8" if utf8 else "ascii"
-    dsn = client.supports_extension("dsn")
-    await client.mail(msg_env.mail_from, options=options, encoding=encoding)
-    refused: dict[int, str] = {}
-    for rcpt in rcpts:
-        try:
-            await client.rcpt(
-                rcpt.address, options=rcpt.params if dsn else [], encoding=encoding
-            )
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            refused[rcpt.index] = " ".join(f"{exc.code} {exc.message}".split())
-    if refused and (not partial or len(refused) == len(rcpts)):
-        await client.rset()
-        raise ReinjectError(f"recipients refused: {'; '.join(refused.values())}")
-    await client.data(message)
-    return refused
-
-
-def _mail_options(
-    client: aiosmtplib.SMTP, params: list[str], message: bytes
-) -> list[str]:
-    """MAIL FROM parameters the re-injection smtpd offers; SIZE of what we send."""
-    return [
-        f"SIZE={len(message)}" if p.upper().startswith("SIZE=") else p
-        for p in params
-        if _supported(client, p)
-    ]
-
-
 def _with_action(
     headers: tuple[tuple[str, str], ...], action: str
 ) -> tuple[tuple[str, str], ...]:
@@ -664,24 +490,6 @@ def _with_action(
             value = value.split(" action=", 1)[0] + f" action={action}"
         out.append((name, value))
     return tuple(out)
-
-
-async def _expect(client: aiosmtplib.SMTP, command: str) -> None:
-    response = await client.execute_command(command.encode())
-    if response.code >= 400:
-        raise aiosmtplib.SMTPResponseException(response.code, response.message)
-
-
-def _supported(client: aiosmtplib.SMTP, param: str) -> bool:
-    key = param.split("=", 1)[0].upper()
-    needs = {
-        "SIZE": "size",
-        "BODY": "8bitmime",
-        "SMTPUTF8": "smtputf8",
-        "RET": "dsn",
-        "ENVID": "dsn",
-    }
-    return client.supports_extension(needs.get(key, key.lower()))
 
 
 def _message_envelope(

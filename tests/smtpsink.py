@@ -36,8 +36,28 @@ class SinkHandler:
     data_replies: dict[str, str] = field(default_factory=dict)
     """Recipient -> the reply to DATA of any transaction that names it."""
 
-    # The same extensions as the proxy offers: DSN, XFORWARD, PIPELINING.
-    handle_EHLO = ProxyHandler.handle_EHLO
+    offer_extensions: bool = True
+    """DSN, XFORWARD and PIPELINING in the EHLO reply, as the proxy offers them."""
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if self.offer_extensions:
+            return await ProxyHandler.handle_EHLO(
+                self,  # type: ignore[arg-type]  # it uses nothing of its handler
+                server,
+                session,
+                envelope,
+                hostname,
+                responses,
+            )
+        session.host_name = hostname
+        return responses
 
     async def handle_RCPT(
         self,
