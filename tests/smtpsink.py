@@ -120,6 +120,16 @@ class Sink:
         self._server = await self._loop.create_server(factory, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    def drop_sessions(self) -> None:
+        """Close every open session from the server side (as a restart does)."""
+
+        async def drop() -> None:
+            for session in self._sessions:
+                if session.transport is not None:
+                    session.transport.close()
+
+        asyncio.run_coroutine_threadsafe(drop(), self._loop).result(10)
+
     def stop(self) -> None:
         """Stop serving; a second call does nothing."""
         if not self._thread.is_alive():

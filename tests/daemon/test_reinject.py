@@ -100,12 +100,7 @@ def test_pipelined_transactions_on_one_session(sink: Sink) -> None:
 def test_session_closed_by_server_is_replaced(sink: Sink) -> None:
     """The server closes the cached session (a Postfix restart): no error, a new one."""
 
-    def restart() -> None:
-        for session in sink._sessions:
-            assert session.transport is not None
-            session.transport.close()
-
-    assert asyncio.run(_send_twice(sink.port, restart)) == [{}, {}]
+    assert asyncio.run(_send_twice(sink.port, sink.drop_sessions)) == [{}, {}]
     assert [m.rcpt_tos for m in sink.messages] == [
         ["al@example.org"],
         ["cy@example.org"],
