@@ -41,6 +41,7 @@ REINJECT_IDLE_S = 2.0
 REINJECT_REUSE_S = 10.0
 """Sessions are not reused past this age (smtp_connection_reuse_time_limit)."""
 READY_220 = 220  # RFC 5321 4.2.3: service ready
+CLOSING_421 = 421  # RFC 5321 3.8: the server is closing the session
 START_MAIL_354 = 354  # RFC 5321 4.2.3: start mail input
 CLIENT_NAME = "phishgate.localhost"
 """Our EHLO name towards the re-injection smtpd."""
@@ -232,9 +233,12 @@ class ReinjectSession:
     async def _first_reply(self) -> Reply:
         """The first reply of a transaction: _Gone if the server hung up idle."""
         try:
-            return await self._reply()
+            reply = await self._reply()
         except (ReinjectError, ConnectionError) as exc:
             raise _Gone(str(exc) or repr(exc)) from exc
+        if reply.code == CLOSING_421:  # it said so before it hung up
+            raise _Gone(str(reply))
+        return reply
 
     async def _reply(self) -> Reply:
         lines = await self._reply_lines()
@@ -327,10 +331,14 @@ class ReinjectSessions:
                 if reused:
                     continue  # nothing reached the server: a new session may
                 raise
-            except (ReinjectError, OSError, TimeoutError) as exc:
+            except ReinjectError:
                 session.close()
-                if isinstance(exc, ReinjectError):
-                    raise
+                raise
+            except TimeoutError as exc:
+                session.close()
+                raise ReinjectError(f"no reply within {self.timeout_s:g} s") from exc
+            except OSError as exc:
+                session.close()
                 raise ReinjectError(str(exc) or repr(exc)) from exc
             except BaseException:
                 session.close()

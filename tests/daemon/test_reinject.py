@@ -146,3 +146,53 @@ def test_unreachable_server() -> None:
     with pytest.raises(ReinjectError) as caught:
         asyncio.run(run())
     assert caught.value.unreachable
+
+
+class ScriptedServer:
+    """A bare SMTP server: PIPELINING, and a 421 to the first command of the
+    second transaction on its first connection (as a server shutting down)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.delivered: list[bytes] = []
+
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.connections += 1
+        first_connection = self.connections == 1
+        writer.write(b"220 scripted\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-scripted\r\n250 PIPELINING\r\n")
+        transactions = 0
+        while line := await reader.readline():
+            if line.startswith(b"MAIL") and first_connection and transactions == 1:
+                writer.write(b"421 4.3.2 shutting down\r\n")
+                break
+            if line.startswith(b"DATA"):
+                writer.write(b"354 go on\r\n")
+                self.delivered.append(await reader.readuntil(b"\r\n.\r\n"))
+                transactions += 1
+            writer.write(b"250 ok\r\n")
+        writer.close()
+
+
+def test_421_before_anything_counts_as_a_closed_session() -> None:
+    """A 421 to a cached session's first command: a new session takes the message."""
+    script = ScriptedServer()
+
+    async def run() -> list[dict[int, str]]:
+        server = await asyncio.start_server(script.serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            sessions = ReinjectSessions(("127.0.0.1", port), 5.0)
+            try:
+                return [
+                    await sessions.send(_tx("al@example.org"), False),
+                    await sessions.send(_tx("cy@example.org"), False),
+                ]
+            finally:
+                sessions.close()
+
+    assert asyncio.run(run()) == [{}, {}]
+    assert script.connections == 2 and len(script.delivered) == 2
