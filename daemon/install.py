@@ -50,18 +50,20 @@ def postfix_snippet(config: Config, mode: str) -> str:
         )
     host, _, port = config.proxy.listen.rpartition(":")
     rhost, _, rport = config.proxy.reinject.rpartition(":")
+    # LMTP, not SMTP: one reply per recipient after DATA, so when one
+    # recipient group cannot be re-injected only that group is retried.
     return "\n".join(
         [
             "# /etc/postfix/main.cf",
-            f"content_filter = scan:[{host}]:{port}",
+            f"content_filter = phishgate:[{host}]:{port}",
             "receive_override_options = no_address_mappings",
             "",
             "# /etc/postfix/master.cf",
-            "scan      unix  -       -       n       -       10      smtp",
-            "  -o smtp_send_xforward_command=yes",
+            "phishgate unix  -       -       n       -       10      lmtp",
+            "  -o lmtp_send_xforward_command=yes",
             "  -o disable_mime_output_conversion=yes",
-            "  -o smtp_generic_maps=",
-            f"  -o smtp_data_done_timeout={max(120, int(config.proxy.timeout_s * 2))}s",
+            "  -o lmtp_generic_maps=",
+            f"  -o lmtp_data_done_timeout={max(120, int(config.proxy.timeout_s * 2))}s",
             f"{rhost}:{rport} inet  n  -  n  -  10  smtpd",
             "  -o content_filter=",
             "  -o receive_override_options=no_unknown_recipient_checks,"

@@ -67,5 +67,6 @@ def test_snippets_follow_the_config() -> None:
     milter = postfix_snippet(config, "milter")
     assert "smtpd_milters = inet:127.0.0.1:9999" in milter
     content = postfix_snippet(config, "content-filter")
-    assert "content_filter = scan:[127.0.0.1]:11025" in content
+    assert "content_filter = phishgate:[127.0.0.1]:11025" in content
+    assert "phishgate unix  -       -       n       -       10      lmtp" in content
     assert "127.0.0.1:11026 inet" in content
