@@ -18,9 +18,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .config import Config
+from .config import Config, load_config
 
-__all__ = ["install_systemd", "postfix_snippet"]
+__all__ = ["install_systemd", "next_steps", "postfix_snippet"]
 
 USER = "phishgate"
 UNITS = ("phishgate.service", "phishgate-retrain.service", "phishgate-retrain.timer")
@@ -130,6 +130,18 @@ def install_systemd(root: Path, executable: str | None = None) -> list[str]:
         if os.path.isdir("/run/systemd/system"):  # systemd is running
             subprocess.run(["systemctl", "daemon-reload"], check=False)
     return done
+
+
+def next_steps(root: Path) -> str:
+    """What the admin does after installing, for the config now under *root*."""
+    config = load_config(root / "etc/phishgate/phishgate.toml")
+    return (
+        "\nAdd to Postfix (or use --mode content-filter):\n\n"
+        + postfix_snippet(config, "milter")
+        + "\nThen: systemctl enable --now phishgate phishgate-retrain.timer\n"
+        # A running Postfix keeps the groups it started with.
+        + f"and systemctl restart postfix (now in group {USER})\n"
+    )
 
 
 def _create_user() -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from phishgate.daemon.config import load_config, parse_config
-from phishgate.daemon.install import install_systemd, postfix_snippet
+from phishgate.daemon.install import install_systemd, next_steps, postfix_snippet
 
 
 def test_install_into_a_root_writes_only_there(tmp_path: Path) -> None:
@@ -49,6 +49,17 @@ def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
     config.write_text('[milter]\nlisten = "unix:/run/phishgate/milter.sock"\n')
     install_systemd(tmp_path, executable="/venv/bin/phishgate")
     assert "unix:" in config.read_text()
+
+
+def test_next_steps_follow_the_installed_config(tmp_path: Path) -> None:
+    """The Postfix lines printed after installing name the configured socket."""
+    config = tmp_path / "etc/phishgate/phishgate.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[milter]\nlisten = "unix:/run/phishgate/milter.sock"\n')
+    install_systemd(tmp_path, executable="/venv/bin/phishgate")
+    steps = next_steps(tmp_path)
+    assert "smtpd_milters = unix:/run/phishgate/milter.sock" in steps
+    assert "systemctl restart postfix" in steps
 
 
 @pytest.mark.skipif(
