@@ -192,6 +192,13 @@ scanned_in_mailbox() {
     test "$(grep -c '^X-Phishgate-Status: scanned' /var/mail/root 2>/dev/null)" = "$1"
 }
 pinged_since() { test "$(prop phishgate WatchdogTimestampMonotonic)" != "$1"; }
+# systemd logs each sd_notify message it accepts, at debug level.
+debug_log() {
+    systemctl log-level debug
+    "$@" || { systemctl log-level info && return 1; }
+    systemctl log-level info
+}
+notified_since() { logged_since phishgate "$1" "notification message from PID .*$2"; }
 # grep reads to the end (no -q): under pipefail an early exit fails the pipe.
 logged_since() { journalctl -q -u "$1" --since "@$2" -o cat | grep -- "$3" >/dev/null; }
 
@@ -231,8 +238,11 @@ EOF
 
 check_start() {
     step "systemctl start phishgate (Type=notify)"
-    systemctl start phishgate
+    local t0
+    t0=$(date +%s)
+    debug_log systemctl start phishgate
     check "active after start" systemctl is-active -q phishgate
+    check "systemd got READY=1 from the main process" notified_since "$t0" READY=1
     local started ready
     started=$(prop phishgate ExecMainStartTimestampMonotonic)
     ready=$(prop phishgate ActiveEnterTimestampMonotonic)
@@ -277,7 +287,9 @@ check_reload() {
     local pid t0
     pid=$(prop phishgate MainPID)
     t0=$(date +%s)
-    check "systemctl reload succeeds" systemctl reload phishgate
+    check "systemctl reload succeeds" debug_log systemctl reload phishgate
+    check "systemd got RELOADING=1" notified_since "$t0" RELOADING=1
+    check "and READY=1 again" notified_since "$t0" READY=1
     check "the daemon logged the reload" wait_until 30 \
         logged_since phishgate "$t0" "reloaded /etc/phishgate/phishgate.toml"
     check "same main process" test "$(prop phishgate MainPID)" = "$pid"
@@ -297,7 +309,8 @@ check_stop_under_load() {
     local t0
     t0=$(date +%s)
     : >/var/mail/root
-    python3 "$CHECK/load.py" 200 50
+    debug_log python3 "$CHECK/load.py" 200 50
+    check "systemd got STOPPING=1" notified_since "$t0" STOPPING=1
     check "all 200 delivered, none left in the queue" wait_until 60 sh -c \
         'test "$(grep -c "^Message-ID: <load-" /var/mail/root)" = 200 &&
          postqueue -p | grep -q "Mail queue is empty"'
