@@ -29,6 +29,7 @@
 set -euo pipefail
 
 MACHINE=phishgate-check
+NSPAWN_PID=
 CHECK=/usr/local/lib/phishgate-check
 ENVIRONMENT=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     LANG=C.UTF-8 SYSTEMD_PAGER= SYSTEMD_COLORS=0)
@@ -53,8 +54,8 @@ host_main() {
     rm -rf "$WORK/run"
     cp -a "$WORK/base" "$WORK/run"
     install -D -m 0755 "$0" "$WORK/run$CHECK/check.sh"
-    boot
     [[ $keep == yes ]] || trap power_off EXIT
+    boot
 
     local status=0
     inside "$CHECK/check.sh" --inside || status=$?
@@ -75,9 +76,9 @@ build_base() {
     local mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
     echo "== debootstrap Debian 12 into $WORK/base (once)"
     rm -rf "$WORK/base.tmp"
-    debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,python3,python3-venv,libgomp1 \
-        --include=procps,iproute2 \
+    # One --include: debootstrap keeps only the last.
+    local packages=systemd,systemd-sysv,dbus,python3,python3-venv,libgomp1
+    debootstrap --variant=minbase --include="$packages,procps,iproute2" \
         bookworm "$WORK/base.tmp" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
         die "debootstrap failed, see $WORK/debootstrap.log"
     # Postfix without a system mail configuration; the check writes main.cf.
@@ -114,7 +115,8 @@ boot() {
     LEADER=
     local deadline=$((SECONDS + 60))
     until LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd); do
-        ((SECONDS < deadline)) || die "no systemd in the container: $WORK/nspawn.log"
+        ((SECONDS < deadline)) && kill -0 "$NSPAWN_PID" 2>/dev/null ||
+            die "no systemd in the container: $WORK/nspawn.log"
         sleep 0.2 # polling for a process to appear; nothing to wait on
     done
     local state=
@@ -122,6 +124,7 @@ boot() {
         ((SECONDS < deadline)) || die "container did not boot ($state)"
         state=$(inside systemctl is-system-running --wait 2>/dev/null) || true
     done
+    # degraded: postfix@- fails until the check writes a main.cf.
     echo "systemd $(inside systemctl --version | sed -n '1s/^systemd //p'): $state"
 }
 
@@ -130,10 +133,11 @@ inside() {
 }
 
 power_off() {
+    [[ -n $NSPAWN_PID ]] || return 0
     kill -TERM "$NSPAWN_PID" 2>/dev/null || return 0 # nspawn halts the container
     local deadline=$((SECONDS + 60))
     while kill -0 "$NSPAWN_PID" 2>/dev/null && ((SECONDS < deadline)); do
-        sleep 0.2 # waiting for nspawn to exit; it is not our child to wait on
+        sleep 0.2 # waiting for nspawn to exit, with a deadline `wait` lacks
     done
     kill -KILL "$NSPAWN_PID" 2>/dev/null || true
 }
