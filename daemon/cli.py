@@ -401,14 +401,11 @@ def cmd_postfix_snippet(args: argparse.Namespace) -> int:
 
 
 def cmd_install_systemd(args: argparse.Namespace) -> int:
-    from .config import Config
-    from .install import install_systemd, postfix_snippet
+    from .install import install_systemd, next_steps
 
     for line in install_systemd(Path(args.root)):
         print(line)
-    print("\nAdd to Postfix (or use --mode content-filter):\n")
-    print(postfix_snippet(Config(), "milter"))
-    print("Then: systemctl enable --now phishgate && postfix reload")
+    print(next_steps(Path(args.root)), end="")
     return EXIT_OK
 
 
