@@ -4,7 +4,7 @@
     python bench/bench_proxy.py [CORPORA_DIR] [--per-file 100] [--seed 1]
                                 [--concurrency 1,8,32] [--runs 3] [--warmup 20]
                                 [--timeout 60] [--workers 1]
-                                [--no-scan-reference]
+                                [--protocol lmtp|smtp] [--no-scan-reference]
 
 Run it from the repository root with the venv active; CORPORA_DIR defaults
 to ../shared/corpora. Each run starts a sink in a child process (it plays
@@ -13,10 +13,13 @@ so it takes long lines as Postfix does) and its own ``phishgate serve``
 subprocess (proxy, milter and metrics on free loopback ports, a temporary
 config and state directory, the bundled model, default policy, so phish is
 written to the quarantine store with fsync as in production). The load
-generator then talks SMTP to the proxy the way Postfix's ``scan`` transport
-does: N connections at once, each sending message after message (XFORWARD
-with a unique IDENT, MAIL FROM with SIZE and, where needed, BODY=8BITMIME and
-SMTPUTF8, one RCPT, DATA).
+generator then talks to the proxy the way Postfix's content-filter transport
+does (lmtp(8) as the README wires it, or smtp(8) with --protocol smtp): N
+connections at once, each sending message after message, the commands of a
+message pipelined in one write as Postfix does when PIPELINING is offered
+(XFORWARD with a unique IDENT, MAIL FROM with SIZE and, where needed,
+BODY=8BITMIME and SMTPUTF8, one RCPT, DATA). The sink offers what Postfix's
+smtpd offers the proxy: PIPELINING, DSN and XFORWARD.
 
 The sample is bench_scan.py's: --per-file messages of each corpus file, seed
 --seed. A leading mbox "From " line is dropped and line ends become CRLF.
@@ -143,6 +146,18 @@ class SinkHandler:
 
     def __init__(self, received: Synchronized[int]) -> None:
         self.received = received
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        extra = ["250-PIPELINING", "250-DSN", "250-XFORWARD NAME ADDR PROTO HELO IDENT"]
+        return [responses[0], *extra, *responses[1:]]
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
@@ -337,11 +352,12 @@ class Client:
         self.reader, self.writer, self.timeout = reader, writer, timeout
 
     @classmethod
-    async def open(cls, port: int, timeout: float) -> Client:
+    async def open(cls, port: int, timeout: float, protocol: str) -> Client:
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
         client = cls(reader, writer, timeout)
         await client.expect(None, 220)
-        await client.expect(b"EHLO mx.bench.test", 250)
+        greeting = b"LHLO" if protocol == "lmtp" else b"EHLO"
+        await client.expect(greeting + b" mx.bench.test", 250)
         return client
 
     async def reply(self) -> tuple[int, bytes]:
@@ -352,25 +368,33 @@ class Client:
             if line[3:4] != b"-":
                 return int(line[:3]), line
 
-    async def expect(self, command: bytes | None, code: int) -> None:
+    async def expect(
+        self, command: bytes | None, code: int, sent: bytes | None = None
+    ) -> None:
+        """Send ``command`` (unless None) and check the reply to it (or ``sent``)."""
         if command is not None:
             self.writer.write(command + b"\r\n")
         got, _ = await self.reply()
         if got != code:
-            raise BenchError(f"{got} to {(command or b'banner').split()[0]!r}")
+            what = command or sent or b"banner"
+            raise BenchError(f"{got} to {what.split()[0]!r}")
 
     async def send(self, message: Message, ident: str) -> float:
-        """One transaction; the seconds from the final "." to the reply."""
-        await self.expect(
-            b"XFORWARD NAME=client.bench.test ADDR=192.0.2.25 PORT=40000", 250
-        )
-        await self.expect(
-            f"XFORWARD PROTO=ESMTP HELO=client.bench.test IDENT={ident}".encode(), 250
-        )
-        mail = f"MAIL FROM:<{message.sender}> {message.mail_params}"
-        await self.expect(mail.encode(), 250)
-        await self.expect(f"RCPT TO:<{RECIPIENT}>".encode(), 250)
-        await self.expect(b"DATA", 354)
+        """One transaction; the seconds from the final "." to the reply.
+
+        The commands go in one write and their replies are read after, as
+        Postfix pipelines them (RFC 2920: DATA ends the group).
+        """
+        commands = [
+            b"XFORWARD NAME=client.bench.test ADDR=192.0.2.25 PORT=40000",
+            f"XFORWARD PROTO=ESMTP HELO=client.bench.test IDENT={ident}".encode(),
+            f"MAIL FROM:<{message.sender}> {message.mail_params}".encode(),
+            f"RCPT TO:<{RECIPIENT}>".encode(),
+        ]
+        self.writer.write(b"".join(c + b"\r\n" for c in [*commands, b"DATA"]))
+        for command in commands:
+            await self.expect(None, 250, command)
+        await self.expect(None, 354, b"DATA")
         self.writer.write(message.data)
         await self.writer.drain()
         start = time.perf_counter()
@@ -394,14 +418,14 @@ class Client:
 async def connection_worker(
     port: int,
     jobs: Iterator[tuple[str, Message]],
-    timeout: float,
+    args: argparse.Namespace,
     phase: Phase,
 ) -> None:
     """One connection sending messages back to back until none are left."""
     client: Client | None = None
     for ident, message in jobs:
         try:
-            client = client or await Client.open(port, timeout)
+            client = client or await Client.open(port, args.timeout, args.protocol)
             phase.latency_ms[ident] = await client.send(message, ident) * 1000
         except (BenchError, TimeoutError, OSError) as exc:
             phase.errors[str(exc) if isinstance(exc, BenchError) else repr(exc)] += 1
@@ -413,7 +437,10 @@ async def connection_worker(
 
 
 async def run_phase(
-    rig: Rig, messages: Sequence[Message], concurrency: int, timeout: float
+    rig: Rig,
+    messages: Sequence[Message],
+    concurrency: int,
+    args: argparse.Namespace,
 ) -> Phase:
     """Send every message once over ``concurrency`` connections."""
     prefix = f"P{next(_phase_ids):03d}Q"
@@ -424,7 +451,7 @@ async def run_phase(
     start = time.perf_counter()
     await asyncio.gather(
         *(
-            connection_worker(rig.proxy_port, jobs, timeout, phase)
+            connection_worker(rig.proxy_port, jobs, args, phase)
             for _ in range(concurrency)
         )
     )
@@ -452,10 +479,10 @@ async def run_phases(
 ) -> list[Phase]:
     """Warm the daemon up, then one phase per concurrency level."""
     if args.warmup:
-        await run_phase(rig, messages[: args.warmup], 1, args.timeout)
+        await run_phase(rig, messages[: args.warmup], 1, args)
     phases = []
     for concurrency in concurrencies:
-        phase = await run_phase(rig, messages, concurrency, args.timeout)
+        phase = await run_phase(rig, messages, concurrency, args)
         print(f"  {describe(phase)}", file=sys.stderr, flush=True)
         phases.append(phase)
     return phases
@@ -611,6 +638,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--workers", default="1", help="[daemon] workers")
+    ap.add_argument(
+        "--protocol",
+        choices=("lmtp", "smtp"),
+        default="lmtp",
+        help="what the load generator speaks (Postfix's lmtp or smtp transport)",
+    )
     ap.add_argument("--no-scan-reference", action="store_true")
     return ap.parse_args()
 
@@ -633,8 +666,9 @@ def main() -> int:
         runs.append(phases)
         problems += complaints
     print(
-        f"phishgate proxy -> aiosmtpd sink; {len(messages)} messages, "
-        f"{args.runs} runs (medians), workers={args.workers}"
+        f"phishgate proxy ({args.protocol}) -> aiosmtpd sink; {len(messages)} "
+        f"messages, {args.runs} runs (medians), workers={args.workers}, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     report(runs, reference, problems)
     return 0

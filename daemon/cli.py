@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -359,7 +360,9 @@ def cmd_log(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     since = _parse_since(args.since) if args.since else None
     rows = read_verdicts(config.state_dir / DB_NAME, since, args.action, args.limit)
+    shown = 0
     for row in rows:
+        shown += 1
         if args.json:
             row.setdefault("label", None)
             print(json.dumps(row, ensure_ascii=False))
@@ -371,6 +374,11 @@ def cmd_log(args: argparse.Namespace) -> int:
                 f"{row['time_iso']} {row['queue_id'] or '-'} {row['action']:<10} "
                 f"phish={phish}{label} {row['message_id'] or '-'} {reasons}"
             )
+    if not shown and not args.json:  # say so, on stderr: stdout stays parseable
+        print(
+            f"phishgate: no verdicts match in {config.state_dir / DB_NAME}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -394,14 +402,11 @@ def cmd_postfix_snippet(args: argparse.Namespace) -> int:
 
 
 def cmd_install_systemd(args: argparse.Namespace) -> int:
-    from .config import Config
-    from .install import install_systemd, postfix_snippet
+    from .install import install_systemd, next_steps
 
     for line in install_systemd(Path(args.root)):
         print(line)
-    print("\nAdd to Postfix (or use --mode content-filter):\n")
-    print(postfix_snippet(Config(), "milter"))
-    print("Then: systemctl enable --now phishgate && postfix reload")
+    print(next_steps(Path(args.root)), end="")
     return EXIT_OK
 
 
@@ -531,6 +536,27 @@ def _config(args: argparse.Namespace) -> Any:
         return None
 
 
+def _as_service_user(config: Any) -> None:
+    """Run on as the owner of the state directory, when root starts us there.
+
+    ``retrain`` and ``model activate|rollback`` write model folders, the
+    active pointer and its lock under the state directory; written by root,
+    the daemon and the retrain service (the ``phishgate`` user) could no
+    longer replace them. The config is already read, so it may stay
+    root-only.
+    """
+    from .labels import service_owner
+
+    owner = service_owner(config.state_dir)
+    if owner is None:
+        return
+    uid, gid = owner
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    logging.getLogger(__name__).debug("running as uid %d, gid %d", uid, gid)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from email.parser import BytesHeaderParser
     from email.policy import compat32
@@ -567,6 +593,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return EXIT_ERROR
+    _as_service_user(config)
     # The decision is the point of the run: show INFO even without -v.
     logging.getLogger("phishgate").setLevel(
         logging.DEBUG if args.verbose else logging.INFO
@@ -586,6 +613,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_PARTIAL
     state_dir = config.state_dir
+    if args.action in ("activate", "rollback"):
+        _as_service_user(config)
     if args.action == "list":
         _print_versions(models_dir.list_versions(state_dir), args.json)
     elif args.action == "show":

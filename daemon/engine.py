@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import itertools
 import logging
 import os
 import pickle
@@ -38,13 +39,16 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from .auth import DkimVerifier, system_dns_lookup
+from .canary import canary_failures
 from .config import Config
 from .features import FeatureExtractor
 from .message import Limits
@@ -143,8 +147,58 @@ class ThreadEngine:
 # big-endian length and a pickle. The daemon sends (raw, mail_from); the
 # worker answers, in order, ("ok", ScanResult) or ("error", exception). Its
 # first frame is ("ready", (pid, model version)) or ("error", why not).
+#
+# A model swap is two control frames. ("stage", token, config, folder,
+# canary) loads the new model in a thread of the worker while it goes on
+# scanning with the old one, and answers out of turn with ("staged",
+# (token, version)) or ("stage-failed", (token, exception)). Once every
+# worker has staged it, ("commit", token) makes it the one used, between
+# two scans: what was sent before the commit is scanned on the old model,
+# what comes after on the new one. ("drop", token) forgets a staged model.
 
 _FRAME = struct.Struct("!I")
+STAGE_REPLIES = frozenset(("staged", "stage-failed"))
+
+
+class _Staging:
+    """A worker's models loaded beside the one in use, by swap token."""
+
+    def __init__(self, send: Callable[[tuple[str, object]], None]) -> None:
+        self.send = send
+        self.ready: dict[int, Scanner] = {}
+        self._lock = threading.Lock()
+
+    def start(self, token: int, config: Config, model_dir: Path, canary: bool) -> None:
+        threading.Thread(
+            target=self._load,
+            args=(token, config, model_dir, canary),
+            name="stage-model",
+            daemon=True,
+        ).start()
+
+    def _load(self, token: int, config: Config, model_dir: Path, canary: bool) -> None:
+        try:
+            scanner = build_scanner(config, model_dir)
+            if canary:
+                failures = canary_failures(scanner)
+                if failures:
+                    raise ModelError(f"canary check failed: {'; '.join(failures[:3])}")
+        except Exception as exc:  # the daemon refuses the swap with it
+            self.send(("stage-failed", (token, exc)))
+            return
+        with self._lock:
+            self.ready[token] = scanner
+        self.send(("staged", (token, scanner.model.version)))
+
+    def take(self, token: int) -> Scanner | None:
+        with self._lock:
+            scanner = self.ready.pop(token, None)
+            self.ready.clear()  # older tokens were dropped or superseded
+        return scanner
+
+    def drop(self, token: int) -> None:
+        with self._lock:
+            self.ready.pop(token, None)
 
 
 def worker_main(fd: int) -> None:
@@ -167,13 +221,31 @@ def worker_main(fd: int) -> None:
         return
     release_free_memory()
     _send_frame(sock, ("ready", (os.getpid(), scanner.model.version)))
+    sending = threading.Lock()  # the staging thread answers too
+
+    def send(reply: tuple[str, object]) -> None:
+        with sending:
+            _send_frame(sock, reply)
+
+    staging = _Staging(send)
     while (request := _read_frame(stream)) is not None:
-        raw, mail_from = pickle.loads(request)
+        message = pickle.loads(request)
+        if isinstance(message[0], str):  # a control frame; scans start with bytes
+            kind, token, *rest = message
+            if kind == "stage":
+                staging.start(token, *rest)
+            elif kind == "commit":
+                scanner = staging.take(token) or scanner
+                release_free_memory()
+            else:
+                staging.drop(token)
+            continue
+        raw, mail_from = message
         try:
             reply: tuple[str, object] = ("ok", scanner.scan(raw, mail_from))
         except Exception as exc:  # the scan fails, the worker carries on
             reply = ("error", exc)
-        _send_frame(sock, reply)
+        send(reply)
 
 
 def _read_frame(stream: BinaryIO) -> bytes | None:
@@ -253,6 +325,12 @@ class _Worker:
         self._write(payload)
         return await future
 
+    def control(self, message: tuple[object, ...]) -> None:
+        """Send a swap control frame, in turn with the scans."""
+        payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        self._write(_FRAME.pack(len(payload)))
+        self._write(payload)
+
     def _write(self, data: bytes) -> None:
         if self._writer is None:
             self._unsent.append(data)
@@ -286,7 +364,9 @@ class _Worker:
         while True:
             (length,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
             kind, value = pickle.loads(await reader.readexactly(length))
-            if self.ready.done():
+            if kind in STAGE_REPLIES:  # out of turn: not a scan's answer
+                self._engine.staged(self.slot, kind, value)
+            elif self.ready.done():
                 _settle(self.pending.popleft(), kind, value)
             elif kind == "ready":
                 self.ready.set_result(value)
@@ -301,6 +381,7 @@ class _Worker:
         if not self.ready.done():
             self.ready.set_exception(error)
         self._fail(error)
+        self._engine.staged(self.slot, "stage-failed", (None, error))
         if not self._engine.closing:
             self._engine.replace(self)
 
@@ -342,6 +423,8 @@ class ProcessEngine:
         self.closing = False
         self.model_version = ""
         self._workers: list[_Worker] = []
+        self._tokens = itertools.count(1)
+        self._staging: tuple[int, dict[int, asyncio.Future[str]]] | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -386,6 +469,52 @@ class ProcessEngine:
         )
         return result
 
+    async def swap(self, config: Config) -> None:
+        """Serve the model *config* names, in the same workers; no restart.
+
+        Every worker loads it beside the one in use and goes on scanning
+        meanwhile (one of them also checks the canary set); only when all
+        have it do they switch, each between two scans. If any cannot load
+        it, none switches and this raises why.
+        """
+        model_dir = serving_model_dir(config)
+        token = next(self._tokens)
+        loop = asyncio.get_running_loop()
+        waiting = {w.slot: loop.create_future() for w in self._workers}
+        self._staging = (token, waiting)
+        for worker in self._workers:
+            worker.control(("stage", token, config, model_dir, worker.slot == 0))
+        try:
+            versions = await asyncio.wait_for(
+                asyncio.gather(*waiting.values()), WARMUP_TIMEOUT_S
+            )
+        except BaseException:
+            for worker in self._workers:
+                worker.control(("drop", token))
+            raise
+        finally:
+            self._staging = None
+        for worker in self._workers:
+            worker.control(("commit", token))
+        self.config, self.model_dir, self.model_version = config, model_dir, versions[0]
+        log.info("scan workers switched to model %s", self.model_version)
+
+    def staged(self, slot: int, kind: str, value: tuple[int | None, object]) -> None:
+        """A worker's answer to a stage frame (or its death while staging)."""
+        if self._staging is None:
+            return
+        token, waiting = self._staging
+        future = waiting.get(slot)
+        if future is None or future.done() or value[0] not in (token, None):
+            return
+        if kind == "staged":
+            future.set_result(str(value[1]))
+        else:
+            error = value[1]
+            future.set_exception(
+                error if isinstance(error, BaseException) else ModelError(str(error))
+            )
+
     def replace(self, dead: _Worker) -> None:
         """Start a new worker in the slot of one that died."""
         log.error(
@@ -413,8 +542,12 @@ def worker_count(config: Config) -> int:
     return int(workers)
 
 
-async def make_engine(config: Config) -> ScanEngine:
-    """The engine ``[daemon] workers`` asks for, ready to scan."""
+async def make_engine(config: Config, scanner: Scanner | None = None) -> ScanEngine:
+    """The engine ``[daemon] workers`` asks for, ready to scan.
+
+    With one worker, *scanner* (already loaded and checked) is used as it
+    is; worker processes always load their own copy of the model.
+    """
     limit_malloc_arenas()
     workers = worker_count(config)
     if workers >= 2:
@@ -425,6 +558,7 @@ async def make_engine(config: Config) -> ScanEngine:
             engine.close()
             raise
         return engine
-    loop = asyncio.get_running_loop()
-    scanner = await loop.run_in_executor(None, build_scanner, config)
+    if scanner is None:
+        loop = asyncio.get_running_loop()
+        scanner = await loop.run_in_executor(None, build_scanner, config)
     return ThreadEngine(scanner)

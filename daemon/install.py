@@ -18,12 +18,14 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .config import Config
+from .config import Config, load_config
 
-__all__ = ["install_systemd", "postfix_snippet"]
+__all__ = ["install_systemd", "next_steps", "postfix_snippet"]
 
 USER = "phishgate"
 UNITS = ("phishgate.service", "phishgate-retrain.service", "phishgate-retrain.timer")
+STATE_DIR = "/var/lib/phishgate"
+"""Where ``StateDirectory=phishgate`` puts the daemon's state."""
 
 
 def postfix_snippet(config: Config, mode: str) -> str:
@@ -50,18 +52,20 @@ def postfix_snippet(config: Config, mode: str) -> str:
         )
     host, _, port = config.proxy.listen.rpartition(":")
     rhost, _, rport = config.proxy.reinject.rpartition(":")
+    # LMTP, not SMTP: one reply per recipient after DATA, so when one
+    # recipient group cannot be re-injected only that group is retried.
     return "\n".join(
         [
             "# /etc/postfix/main.cf",
-            f"content_filter = scan:[{host}]:{port}",
+            f"content_filter = phishgate:[{host}]:{port}",
             "receive_override_options = no_address_mappings",
             "",
             "# /etc/postfix/master.cf",
-            "scan      unix  -       -       n       -       10      smtp",
-            "  -o smtp_send_xforward_command=yes",
+            "phishgate unix  -       -       n       -       10      lmtp",
+            "  -o lmtp_send_xforward_command=yes",
             "  -o disable_mime_output_conversion=yes",
-            "  -o smtp_generic_maps=",
-            f"  -o smtp_data_done_timeout={max(120, int(config.proxy.timeout_s * 2))}s",
+            "  -o lmtp_generic_maps=",
+            f"  -o lmtp_data_done_timeout={max(120, int(config.proxy.timeout_s * 2))}s",
             f"{rhost}:{rport} inet  n  -  n  -  10  smtpd",
             "  -o content_filter=",
             "  -o receive_override_options=no_unknown_recipient_checks,"
@@ -84,10 +88,23 @@ def _unit_text(name: str, executable: str) -> str:
 
 
 def _example_config() -> str:
-    return (
+    """The example config, with the state directory the units use.
+
+    Left empty, ``state_dir`` means ``$STATE_DIRECTORY`` inside the units
+    but ``~/.local/state`` for an admin's ``phishgate log`` or ``phishgate
+    quarantine`` from a shell: they would look at another, empty store.
+    """
+    text = (
         resources.files("phishgate.daemon")
         .joinpath("data", "phishgate.example.toml")
         .read_text()
+    )
+    return text.replace(
+        'state_dir = ""',
+        "# Set by install-systemd: the units' StateDirectory=, so that commands\n"
+        "# run from a shell use the daemon's store.\n"
+        f'state_dir = "{STATE_DIR}"',
+        1,
     )
 
 
@@ -112,7 +129,21 @@ def install_systemd(root: Path, executable: str | None = None) -> list[str]:
         done.append(f"wrote {config}")
     if root == Path("/"):
         done += _create_user()
+        if os.path.isdir("/run/systemd/system"):  # systemd is running
+            subprocess.run(["systemctl", "daemon-reload"], check=False)
     return done
+
+
+def next_steps(root: Path) -> str:
+    """What the admin does after installing, for the config now under *root*."""
+    config = load_config(root / "etc/phishgate/phishgate.toml")
+    return (
+        "\nAdd to Postfix (or use --mode content-filter):\n\n"
+        + postfix_snippet(config, "milter")
+        + "\nThen: systemctl enable --now phishgate phishgate-retrain.timer\n"
+        # A running Postfix keeps the groups it started with.
+        + f"and systemctl restart postfix (now in group {USER})\n"
+    )
 
 
 def _create_user() -> list[str]:
@@ -140,6 +171,4 @@ def _create_user() -> list[str]:
         return done
     subprocess.run(["usermod", "-a", "-G", USER, "postfix"], check=True)
     done.append(f"added postfix to group {USER}")
-    if os.path.isdir("/run/systemd/system"):
-        subprocess.run(["systemctl", "daemon-reload"], check=False)
     return done

@@ -19,7 +19,9 @@ Columns added in later versions are added to an existing table on open.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -56,10 +58,43 @@ class LabelInfo:
     confidence: str = ""
 
 
+def service_owner(state_dir: Path) -> tuple[int, int] | None:
+    """Whose files these are, when root writes into a service's state dir.
+
+    An admin runs ``phishgate report`` or ``quarantine release`` as root in
+    a state directory that belongs to the ``phishgate`` user; files root
+    creates there must go to that user, or the daemon and the retrain
+    service (which run as it) cannot read or add to them.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = state_dir.stat()
+    except OSError:
+        return None
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
+def adopt(owner: tuple[int, int] | None, *paths: Path) -> None:
+    """Give *paths* (those that exist) to *owner*; nothing when it is None."""
+    if owner is None:
+        return
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(path, *owner)
+
+
 def open_labels(state_dir: Path) -> sqlite3.Connection:
     """Connect to the database with the ``labels`` table up to date."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(state_dir / DB_NAME), timeout=30.0)
+    db = state_dir / DB_NAME
+    conn = sqlite3.connect(str(db), timeout=30.0)
+    adopt(
+        service_owner(state_dir),
+        db,
+        db.with_name(DB_NAME + "-wal"),
+        db.with_name(DB_NAME + "-shm"),
+    )
     conn.executescript(SCHEMA)
     present = {row[1] for row in conn.execute("PRAGMA table_info(labels)")}
     for name, kind in LATER_COLUMNS.items():
@@ -80,6 +115,7 @@ def store_raw(state_dir: Path, raw: bytes) -> tuple[Path, str]:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(raw)
         tmp.chmod(0o600)
+        adopt(service_owner(state_dir), folder.parent, folder, tmp)
         tmp.replace(path)
     return path, digest
 

@@ -110,33 +110,37 @@ class PathExplainer:
     in node value it causes; it needs only the leaf indices, which LightGBM
     returns in microseconds, and a table built once per model. It
     approximates SHAP values well enough to name the top reasons.
+
+    The table is read from the model's text form, not from
+    ``Booster.dump_model()``: that JSON is ten times larger and parsing it
+    held the GIL for most of a second, long enough to stall the daemon's
+    event loop while a new model was loaded beside the running one.
     """
 
-    def __init__(self, booster: lgb.Booster, n_classes: int, target: int) -> None:
-        dump = booster.dump_model()
+    def __init__(
+        self, model_text: str, n_features: int, n_classes: int, target: int
+    ) -> None:
         trees = [
-            (index, _leaf_paths(tree["tree_structure"]))
-            for index, tree in enumerate(dump["tree_info"])
+            (index, _leaf_paths(fields))
+            for index, fields in enumerate(_tree_blocks(model_text))
             if index % n_classes == target
         ]
-        self.n_features = booster.num_feature()
+        self.n_features = n_features
         self.trees = np.array([index for index, _ in trees], dtype=np.intp)
         # One flat table: the path of (tree t, leaf l) is
         # feats/deltas[start[t, l] : start[t, l] + length[t, l]].
         width = max((max(paths, default=0) + 1 for _, paths in trees), default=1)
         self.start = np.zeros((len(trees), width), dtype=np.intp)
         self.length = np.zeros((len(trees), width), dtype=np.intp)
-        feats: list[np.ndarray] = []
-        deltas: list[np.ndarray] = []
-        offset = 0
+        feats: list[int] = []
+        deltas: list[float] = []
         for row, (_, paths) in enumerate(trees):
             for leaf, (f, d) in paths.items():
-                self.start[row, leaf], self.length[row, leaf] = offset, len(f)
-                feats.append(f)
-                deltas.append(d)
-                offset += len(f)
-        self.feats = np.concatenate(feats) if feats else np.zeros(0, dtype=np.intp)
-        self.deltas = np.concatenate(deltas) if deltas else np.zeros(0)
+                self.start[row, leaf], self.length[row, leaf] = len(feats), len(f)
+                feats.extend(f)
+                deltas.extend(d)
+        self.feats = np.array(feats, dtype=np.intp)
+        self.deltas = np.array(deltas, dtype=np.float64)
 
     def contributions(self, leaves: np.ndarray) -> np.ndarray:
         """Contributions for one row of ``pred_leaf`` output (vectorised)."""
@@ -154,43 +158,72 @@ class PathExplainer:
         )
 
 
-def _leaf_paths(root: dict[str, Any]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Map each leaf index to the (feature, value change) pairs on its path."""
-    table: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    stack: list[tuple[dict[str, Any], list[int], list[float]]] = [(root, [], [])]
+_TREE_KEYS = frozenset(
+    ("split_feature", "left_child", "right_child", "internal_value", "leaf_value")
+)
+
+
+def _tree_blocks(model_text: str) -> list[dict[str, str]]:
+    """The fields of each ``Tree=N`` block of a LightGBM text model, in order."""
+    body = model_text.split("\nend of trees", 1)[0]
+    blocks: list[dict[str, str]] = []
+    for chunk in body.split("\nTree=")[1:]:
+        fields: dict[str, str] = {}
+        for line in chunk.splitlines()[1:]:
+            key, _, value = line.partition("=")
+            if key in _TREE_KEYS:
+                fields[key] = value
+        blocks.append(fields)
+    return blocks
+
+
+def _leaf_paths(fields: dict[str, str]) -> dict[int, tuple[list[int], list[float]]]:
+    """Map each leaf index to the (feature, value change) pairs on its path.
+
+    In the text format, child ``c >= 0`` is internal node ``c`` and ``c < 0``
+    is leaf ``~c``. A tree that could not split has no splits (continued
+    training makes them for a class with nothing left to learn); its one
+    leaf is leaf 0 with an empty path.
+    """
+    if not fields.get("split_feature", "").strip():
+        return {0: ([], [])}
+    split = [int(v) for v in fields["split_feature"].split()]
+    left = [int(v) for v in fields["left_child"].split()]
+    right = [int(v) for v in fields["right_child"].split()]
+    internal = [float(v) for v in fields["internal_value"].split()]
+    leaf_value = [float(v) for v in fields["leaf_value"].split()]
+    table: dict[int, tuple[list[int], list[float]]] = {}
+    stack: list[tuple[int, list[int], list[float]]] = [(0, [], [])]
     while stack:
         node, feats, deltas = stack.pop()
-        if "split_feature" not in node:
-            # A tree that could not split is a bare leaf without an index
-            # (continued training makes them for a class with nothing left
-            # to learn); its one leaf is leaf 0.
-            table[int(node.get("leaf_index", 0))] = (
-                np.array(feats, dtype=np.intp),
-                np.array(deltas, dtype=np.float64),
-            )
-            continue
-        value = float(node["internal_value"])
-        for side in ("left_child", "right_child"):
-            child = node[side]
-            child_value = float(
-                child.get("internal_value", child.get("leaf_value", 0.0))
-            )
-            stack.append(
-                (
-                    child,
-                    [*feats, int(node["split_feature"])],
-                    [*deltas, child_value - value],
-                )
-            )
+        value = internal[node]
+        for child in (left[node], right[node]):
+            child_value = internal[child] if child >= 0 else leaf_value[~child]
+            path = ([*feats, split[node]], [*deltas, child_value - value])
+            if child >= 0:
+                stack.append((child, *path))
+            else:
+                table[~child] = path
     return table
 
 
 class Model:
     """A loaded, checked model that turns features into verdicts."""
 
-    def __init__(self, booster: lgb.Booster, meta: dict[str, Any], path: Path) -> None:
+    def __init__(
+        self,
+        booster: lgb.Booster,
+        meta: dict[str, Any],
+        path: Path,
+        model_text: str | None = None,
+    ) -> None:
         self.booster = booster
-        self.explainer = PathExplainer(booster, len(CLASSES), PHISH)
+        self.explainer = PathExplainer(
+            model_text if model_text is not None else booster.model_to_string(),
+            booster.num_feature(),
+            len(CLASSES),
+            PHISH,
+        )
         splits = booster.feature_importance(importance_type="split")
         self.uses_text_hashing = any(
             count > 0
@@ -213,20 +246,22 @@ class Model:
         model_file = directory / MODEL_FILE
         if not model_file.is_file():
             raise ModelError(f"{model_file}: missing")
-        if file_sha256(model_file) != meta.get("model_sha256"):
+        data = model_file.read_bytes()  # one read for the checksum and the parse
+        if hashlib.sha256(data).hexdigest() != meta.get("model_sha256"):
             raise ModelError(f"{model_file}: checksum does not match {META_FILE}")
         import lightgbm as lgb  # lazy: see the TYPE_CHECKING import above
 
         try:
-            booster = lgb.Booster(model_file=str(model_file))
-        except lgb.basic.LightGBMError as exc:
+            text = data.decode("utf-8")
+            booster = lgb.Booster(model_str=text)
+        except (UnicodeDecodeError, lgb.basic.LightGBMError) as exc:
             raise ModelError(f"{model_file}: {exc}") from exc
         if booster.num_feature() != len(FEATURE_NAMES):
             raise ModelError(
                 f"{model_file}: {booster.num_feature()} features, "
                 f"schema has {len(FEATURE_NAMES)}"
             )
-        return cls(booster, meta, directory)
+        return cls(booster, meta, directory, text)
 
     def score(self, features: list[Features]) -> list[Verdict]:
         """Verdicts for a batch of feature vectors, with reasons."""

@@ -1,8 +1,10 @@
-"""The SMTP proxy front door: Postfix's after-queue content filter.
+"""The LMTP/SMTP proxy front door: Postfix's after-queue content filter.
 
-Postfix hands every message over SMTP (``content_filter = scan:[127.0.0.1]:10025``);
-the proxy scans it through the same pipeline as the milter and re-injects it
-into Postfix's second smtpd (``127.0.0.1:10026``). Rules that keep mail safe:
+Postfix hands every message over LMTP (``content_filter =
+phishgate:[127.0.0.1]:10025`` with an ``lmtp`` transport; an ``smtp`` one
+works too); the proxy scans it through the same pipeline as the milter and
+re-injects it into Postfix's second smtpd (``127.0.0.1:10026``). Rules that
+keep mail safe:
 
 * ``250`` only after the message was re-injected or durably quarantined;
   ``451`` on any failure (re-injection refused or timed out, internal
@@ -14,7 +16,9 @@ into Postfix's second smtpd (``127.0.0.1:10026``). Rules that keep mail safe:
   case. ``XFORWARD`` is offered so Postfix passes the original client, and
   passed on to the re-injection smtpd.
 * Recipients whose domains get different actions are split: each group is
-  delivered (or held) in its own transaction.
+  delivered (or held) in its own transaction. Over LMTP each recipient gets
+  its own reply, so a group that fails is retried alone; over SMTP the one
+  reply is 451 if any group failed (the groups done may get a duplicate).
 * Report addresses (``[feedback]``) are taken off the recipients; an accepted
   report goes to ``[feedback] forward_to`` (if set), a refused one nowhere
   (after the queue, the reporter cannot be told in the session).
@@ -24,18 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from .headers import rewrite_headers
 from .pipeline import HEADER_PREFIX, Decision, MessageEnvelope, Pipeline
 from .policy import SEVERITY
 from .quarantine import QuarantineStore, store_decision
+from .reinject import ReinjectError, ReinjectSessions, Transaction
 
 __all__ = ["ProxyHandler", "ProxySMTP", "ProxyServer", "read_data"]
 
@@ -45,18 +49,17 @@ log = logging.getLogger(__name__)
 OK_250 = "250 2.0.0 Ok: {what}"
 TEMPFAIL_451 = "451 4.3.0 Error: {why}, try again later"
 XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
-REINJECT_MAX_IDLE = 16
-"""Idle re-injection sessions kept (Postfix's scan transport opens up to 10)."""
-REINJECT_IDLE_S = 2.0
-"""Idle sessions are closed after this, as smtp_connection_cache_time_limit."""
-REINJECT_REUSE_S = 10.0
-"""Sessions are not reused past this age (smtp_connection_reuse_time_limit)."""
 MAX_LINE_BYTES = 1024 * 1024
 """Longest line taken in DATA. smtp(8) folds at smtp_line_length_limit (998)
 unless set to 0; aiosmtpd's own limit, 1001, would answer 500: a bounce."""
 _MAIL_PASS_THROUGH = ("RET=", "ENVID=")
 _DOT_LINE = b".\r\n"
 """Ends the message data when it starts a line (RFC 5321 4.1.1.4)."""
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*"
+)
+"""A path whose address is a dot-atom at a host name: nothing to unquote."""
 NULL_PATH = "<>"
 """RFC 5321 4.5.5: the reverse-path of notifications (bounces, DSNs, MDNs)."""
 
@@ -80,9 +83,18 @@ def _split_params(arg: str) -> tuple[str, list[str]]:
 
 
 class ProxySMTP(SMTP):
-    """aiosmtpd's server, plus XFORWARD and pass-through DSN parameters."""
+    """aiosmtpd's server, plus LMTP, XFORWARD and pass-through DSN parameters.
+
+    The client's greeting picks the protocol for the session: after ``LHLO``
+    (RFC 2033) the end of DATA is answered with one reply per accepted
+    recipient, so Postfix's ``lmtp`` transport retries only the recipients
+    that got a 4xx; after ``EHLO`` or ``HELO`` there is one reply for all.
+    The handler's ``handle_DATA`` returns a list of per-recipient replies or
+    one reply (used for every recipient in LMTP).
+    """
 
     extras: _Extras
+    lmtp: bool = False
     line_length_limit = MAX_LINE_BYTES
 
     def _set_rset_state(self) -> None:
@@ -95,6 +107,32 @@ class ProxySMTP(SMTP):
         # Postfix, its own XFORWARD: nothing carries over to the next one.
         super()._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd is untyped here
         self.extras = _Extras()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, skipped for a plain ``<local@host>``.
+
+        Its email-header parser costs more than the rest of a MAIL or RCPT
+        command; for a dot-atom address it returns the same address and rest.
+        """
+        match = _PLAIN_PATH.match(arg)
+        if match is None or self.local_part_limit:
+            address: tuple[str | None, str | None] = super()._getaddr(arg)
+            return address
+        return match[1], arg[match.end() :]
+
+    @syntax("LHLO hostname")
+    async def smtp_LHLO(self, arg: str) -> None:
+        """The LMTP greeting: the same extensions as EHLO."""
+        await self.smtp_EHLO(arg)
+        self.lmtp = bool(arg)
+
+    async def smtp_EHLO(self, arg: str) -> None:
+        self.lmtp = False
+        await super().smtp_EHLO(arg)
+
+    async def smtp_HELO(self, arg: str) -> None:
+        self.lmtp = False
+        await super().smtp_HELO(arg)
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         for item in arg.split():
@@ -143,13 +181,20 @@ class ProxySMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         content = await read_data(self._reader, self.data_size_limit)
         if content is None:
-            await self.push("552 Error: Too much mail data")
-            self._set_post_data_state()
+            await self._reply_data("552 Error: Too much mail data")
             return
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
+        await self._reply_data("250 OK" if status is MISSING else status)
+
+    async def _reply_data(self, status: str | list[str]) -> None:
+        """The reply to the end of DATA: one, or one per recipient in LMTP."""
+        assert self.envelope is not None  # set by aiosmtpd before any command
+        count = len(self.envelope.rcpt_tos) if self.lmtp else 1
+        replies = status if isinstance(status, list) else [status] * count
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        self._writer.write("".join(r + "\r\n" for r in replies).encode())
+        await self._writer.drain()
 
 
 async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | None:
@@ -214,80 +259,163 @@ class ProxyHandler:
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    ) -> str | list[str]:
+        """One reply (SMTP), or one per recipient (LMTP, see ProxySMTP)."""
         extras: _Extras = getattr(server, "extras", _Extras())
+        lmtp: bool = getattr(server, "lmtp", False)
         raw = envelope.original_content or b""
         msg_env = _message_envelope(session, envelope, extras)
         try:
-            return await self._handle(msg_env, raw, envelope, extras)
-        except ReinjectError as exc:
-            log.warning(
-                "queue_id=%s: re-injection to %s:%d failed: %s",
-                msg_env.queue_id or "-",
-                *self.reinject,
-                exc,
-            )
-            return TEMPFAIL_451.format(why="re-injection failed")
+            outcomes = await self._handle(msg_env, raw, envelope, extras, lmtp)
         except Exception:  # never lose mail to our own bug: Postfix retries
             log.exception("queue_id=%s: proxy error", msg_env.queue_id or "-")
             return TEMPFAIL_451.format(why="internal error")
+        if lmtp:
+            return _per_recipient(outcomes, len(envelope.rcpt_tos))
+        return _one_reply(outcomes)
 
     async def _handle(
-        self, msg_env: MessageEnvelope, raw: bytes, envelope: Envelope, extras: _Extras
-    ) -> str:
-        decision = await self.pipeline().inspect(msg_env, raw)
-        if decision.action == "tempfail":
-            return TEMPFAIL_451.format(why="scan failed")
-        done = []
-        report = decision.report
-        if report is not None and report.forward:
-            message = rewrite_headers(raw, (report.header,), "")
-            await self._reinject(message, msg_env, [(report.forward_to, [])], extras)
-            done.append("report forwarded")
-        elif report is not None:
-            done.append(f"report {report.result.summary}")
-        skip = set(report.recipients) if report is not None else set()
-        rcpts = [
-            (rcpt, extras.rcpt_params[i] if i < len(extras.rcpt_params) else [])
-            for i, rcpt in enumerate(envelope.rcpt_tos)
-            if rcpt not in skip
-        ]
-        for action, group in _recipient_groups(decision, rcpts).items():
-            done.append(
-                await self._deliver_group(action, group, msg_env, raw, decision, extras)
-            )
-        return OK_250.format(what="; ".join(done))
-
-    async def _deliver_group(
         self,
-        action: str,
-        rcpts: list[tuple[str, list[str]]],
+        msg_env: MessageEnvelope,
+        raw: bytes,
+        envelope: Envelope,
+        extras: _Extras,
+        lmtp: bool,
+    ) -> list[Outcome]:
+        """Scan, then carry out the decision group by group.
+
+        In SMTP mode the first failed group ends the message (Postfix retries
+        every recipient anyway); in LMTP mode every group gets its own try.
+        """
+        decision = await self.pipeline().inspect(msg_env, raw)
+        everyone = list(range(len(envelope.rcpt_tos)))
+        if decision.action == "tempfail":
+            return [Outcome(everyone, failed="scan failed")]
+        rcpts = [
+            Rcpt(i, rcpt, extras.rcpt_params[i] if i < len(extras.rcpt_params) else [])
+            for i, rcpt in enumerate(envelope.rcpt_tos)
+        ]
+        report = decision.report
+        skip = set(report.recipients) if report is not None else set()
+        jobs: list[tuple[str, list[Rcpt]]] = []
+        if report is not None:
+            jobs.append(("report", [r for r in rcpts if r.address in skip]))
+        others = [r for r in rcpts if r.address not in skip]
+        jobs += _recipient_groups(decision, others).items()
+        return await self._deliver_all(jobs, msg_env, raw, decision, extras, lmtp)
+
+    async def _deliver_all(
+        self,
+        jobs: list[tuple[str, list[Rcpt]]],
         msg_env: MessageEnvelope,
         raw: bytes,
         decision: Decision,
         extras: _Extras,
-    ) -> str:
-        if action == "quarantine":
-            # The stored copy says what happened to it, also for a reject.
-            held = replace(decision, headers=_with_action(decision.headers, action))
-            return await self._quarantine(raw, msg_env, held, [r for r, _ in rcpts])
-        tag = decision.subject_tag if action == "tag" else ""
-        message = rewrite_headers(raw, _with_action(decision.headers, action), tag)
-        await self._reinject(message, msg_env, rcpts, extras)
-        return f"{action} {len(rcpts)}"
+        lmtp: bool,
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        unreachable = ""
+        for action, group in jobs:
+            indices = [r.index for r in group]
+            if outcomes and outcomes[-1].failed and not lmtp:
+                outcome = Outcome(indices, failed=outcomes[-1].failed)
+            elif unreachable and action != "quarantine":
+                outcome = Outcome(indices, failed=unreachable)
+            else:
+                outcome = await self._deliver_group(
+                    action, group, msg_env, raw, decision, extras, lmtp
+                )
+                unreachable = unreachable or outcome.unreachable
+            outcomes.append(outcome)
+        return outcomes
+
+    async def _deliver_group(
+        self,
+        action: str,
+        rcpts: list[Rcpt],
+        msg_env: MessageEnvelope,
+        raw: bytes,
+        decision: Decision,
+        extras: _Extras,
+        partial: bool,
+    ) -> Outcome:
+        """Re-inject, store or forward one group; its Outcome, never raises.
+
+        With ``partial`` (LMTP), recipients the re-injection smtpd refuses
+        are retried on their own while the others are delivered.
+        """
+        indices = [r.index for r in rcpts]
+        try:
+            if action == "report":
+                return await self._report(rcpts, msg_env, raw, decision, extras)
+            if action == "quarantine":
+                return Outcome(
+                    indices, await self._quarantine(raw, msg_env, decision, rcpts)
+                )
+            tag = decision.subject_tag if action == "tag" else ""
+            message = rewrite_headers(raw, _with_action(decision.headers, action), tag)
+            refused = await self._reinject(message, msg_env, rcpts, extras, partial)
+        except ReinjectError as exc:
+            log.warning(
+                "queue_id=%s: re-injection to %s:%d failed for %d recipients: %s",
+                msg_env.queue_id or "-",
+                *self.reinject,
+                len(rcpts),
+                exc,
+            )
+            unreachable = "re-injection failed" if exc.unreachable else ""
+            return Outcome(
+                indices, failed="re-injection failed", unreachable=unreachable
+            )
+        except Exception:  # never lose mail to our own bug: Postfix retries
+            log.exception("queue_id=%s: proxy error", msg_env.queue_id or "-")
+            return Outcome(indices, failed="internal error")
+        if refused:
+            log.warning(
+                "queue_id=%s: re-injection refused %d of %d recipients: %s",
+                msg_env.queue_id or "-",
+                len(refused),
+                len(rcpts),
+                "; ".join(refused.values()),
+            )
+        return Outcome(
+            indices, action, f"{action} {len(rcpts) - len(refused)}", refused
+        )
+
+    async def _report(
+        self,
+        rcpts: list[Rcpt],
+        msg_env: MessageEnvelope,
+        raw: bytes,
+        decision: Decision,
+        extras: _Extras,
+    ) -> Outcome:
+        """The report addresses: forward an accepted report, or just answer."""
+        report = decision.report
+        assert report is not None  # only called for a message with a report
+        indices = [r.index for r in rcpts]
+        if not report.forward:
+            return Outcome(indices, f"report {report.result.summary}")
+        message = rewrite_headers(raw, (report.header,), "")
+        forward = [Rcpt(indices[0], report.forward_to, [])]
+        await self._reinject(message, msg_env, forward, extras, partial=False)
+        return Outcome(indices, "report forwarded")
 
     async def _quarantine(
         self,
         raw: bytes,
         msg_env: MessageEnvelope,
         decision: Decision,
-        rcpts: list[str],
+        rcpts: list[Rcpt],
     ) -> str:
         store = self.store()
         if store is None:
             raise RuntimeError("quarantine needed but no store configured")
+        # The stored copy says what happened to it, also for a reject.
+        held = replace(decision, headers=_with_action(decision.headers, "quarantine"))
+        addresses = tuple(r.address for r in rcpts)
         entry = await asyncio.get_running_loop().run_in_executor(
-            None, store_decision, store, msg_env, raw, decision, tuple(rcpts)
+            None, store_decision, store, msg_env, raw, held, addresses
         )
         log.info("queue_id=%s: quarantined as %s", msg_env.queue_id or "-", entry)
         return f"quarantined {entry}"
@@ -296,167 +424,78 @@ class ProxyHandler:
         self,
         message: bytes,
         msg_env: MessageEnvelope,
-        rcpts: list[tuple[str, list[str]]],
+        rcpts: list[Rcpt],
         extras: _Extras,
-    ) -> None:
-        """One SMTP transaction into Postfix; ReinjectError if it did not take it."""
-        client = await self.sessions.take()
-        try:
-            await _transaction(client, message, msg_env, rcpts, extras)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            self.sessions.discard(client)
-            raise ReinjectError(str(exc)) from exc
-        self.sessions.give_back(client)
+        partial: bool,
+    ) -> dict[int, str]:
+        """One SMTP transaction into Postfix; the recipients it refused.
+
+        ReinjectError if it took none of them (or, unless ``partial``, not
+        all of them), or not the message.
+        """
+        tx = Transaction(
+            msg_env.mail_from,
+            [(r.address, r.params) for r in rcpts],
+            message,
+            extras.mail_params,
+            extras.xforward,
+        )
+        refused = await self.sessions.send(tx, partial)
+        return {rcpts[i].index: reply for i, reply in refused.items()}
 
     def close(self) -> None:
         """Drop the idle re-injection sessions."""
         self.sessions.close()
 
 
-class ReinjectError(Exception):
-    """Postfix's re-injection smtpd refused the message or could not be reached."""
+@dataclass(frozen=True)
+class Rcpt:
+    """One recipient: its place in RCPT order, address and RCPT parameters."""
+
+    index: int
+    address: str
+    params: list[str]
 
 
-class ReinjectSessions:
-    """SMTP sessions to the re-injection smtpd, reused between messages.
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a group of recipients (by their place in RCPT order)."""
 
-    A new connection costs the greeting, EHLO and QUIT round trips on every
-    message; Postfix's own smtp(8) caches sessions for the same reason, and
-    with the same limits: a session goes back only after a complete
-    transaction, it is probed with RSET before reuse (a session the server
-    closed is replaced before any of the message is sent), it is closed when
-    idle for ``idle_s`` or older than ``reuse_s``. Each open session holds
-    one of the re-injection smtpd's processes (``maxproc``); the age limit
-    lets anybody else waiting for one (``phishgate quarantine release``) in.
-    """
+    rcpts: list[int]
+    done: str = ""
+    """Per recipient, what was done: ``accept``, ``quarantined <id>``..."""
+    summary: str = ""
+    """For the one SMTP reply: ``accept 2``; ``done`` when empty."""
+    refused: dict[int, str] = field(default_factory=dict)
+    """Recipients the re-injection smtpd refused: its reply, to be retried."""
+    failed: str = ""
+    """Why the whole group must be retried; empty when it was done."""
+    unreachable: str = ""
+    """Set when no re-injection session could be opened."""
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        timeout_s: float,
-        max_idle: int = REINJECT_MAX_IDLE,
-        idle_s: float = REINJECT_IDLE_S,
-        reuse_s: float = REINJECT_REUSE_S,
-    ) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self.max_idle = max_idle
-        self.idle_s = idle_s
-        self.reuse_s = reuse_s
-        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
-        self._opened: dict[aiosmtplib.SMTP, float] = {}
-        self._expiry: asyncio.TimerHandle | None = None
-        self._quitting: set[asyncio.Task[None]] = set()
-
-    async def take(self) -> aiosmtplib.SMTP:
-        """A live session after EHLO; ReinjectError if none can be opened."""
-        while self._idle:
-            client, _ = self._idle.pop()
-            try:
-                await client.rset()
-                return client
-            except (aiosmtplib.SMTPException, OSError):
-                self.discard(client)
-        return await self._open()
-
-    async def _open(self) -> aiosmtplib.SMTP:
-        host, port = self.address
-        client = aiosmtplib.SMTP(
-            hostname=host, port=port, timeout=self.timeout_s, start_tls=False
-        )
-        try:
-            await client.connect()
-            await client.ehlo()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            client.close()
-            raise ReinjectError(str(exc)) from exc
-        self._opened[client] = time.monotonic()
-        return client
-
-    def give_back(self, client: aiosmtplib.SMTP) -> None:
-        """Keep a session after a complete transaction, within the limits."""
-        now = time.monotonic()
-        young = now - self._opened.get(client, now) < self.reuse_s
-        if young and len(self._idle) < self.max_idle and client.is_connected:
-            self._idle.append((client, now))
-            self._schedule_expiry()
-        else:
-            self._quit(client)
-
-    def discard(self, client: aiosmtplib.SMTP) -> None:
-        """Drop a session in an unknown state: no QUIT, never reused."""
-        self._opened.pop(client, None)
-        client.close()
-
-    def close(self) -> None:
-        """Close every idle session (at shutdown)."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-        while self._idle:
-            self.discard(self._idle.pop()[0])
-
-    def _schedule_expiry(self) -> None:
-        if self._expiry is None:
-            loop = asyncio.get_running_loop()
-            self._expiry = loop.call_later(self.idle_s, self._expire)
-
-    def _expire(self) -> None:
-        self._expiry = None
-        now = time.monotonic()
-        stale = [c for c, since in self._idle if now - since >= self.idle_s]
-        self._idle = [(c, t) for c, t in self._idle if now - t < self.idle_s]
-        for client in stale:
-            self._quit(client)
-        if self._idle:
-            self._schedule_expiry()
-
-    def _quit(self, client: aiosmtplib.SMTP) -> None:
-        """QUIT in the background (no reply is waited for on the mail path)."""
-        self._opened.pop(client, None)
-        task = asyncio.get_running_loop().create_task(_quit(client))
-        self._quitting.add(task)
-        task.add_done_callback(self._quitting.discard)
+    def reply(self, index: int) -> str:
+        """The reply for one recipient of the group."""
+        if self.failed:
+            return TEMPFAIL_451.format(why=self.failed)
+        if index in self.refused:
+            return TEMPFAIL_451.format(why=f"re-injection: {self.refused[index]}")
+        return OK_250.format(what=self.done)
 
 
-async def _quit(client: aiosmtplib.SMTP) -> None:
-    try:
-        await client.quit()
-    except (aiosmtplib.SMTPException, OSError):
-        client.close()
+def _per_recipient(outcomes: list[Outcome], count: int) -> list[str]:
+    """LMTP: one reply per recipient, in RCPT order (RFC 2033 4.2)."""
+    replies = {i: o.reply(i) for o in outcomes for i in o.rcpts}
+    return [replies[i] for i in range(count)]
 
 
-async def _transaction(
-    client: aiosmtplib.SMTP,
-    message: bytes,
-    msg_env: MessageEnvelope,
-    rcpts: list[tuple[str, list[str]]],
-    extras: _Extras,
-) -> None:
-    """XFORWARD, MAIL, RCPT..., DATA with the original envelope."""
-    if extras.xforward and client.supports_extension("xforward"):
-        attrs = " ".join(f"{k}={v}" for k, v in extras.xforward.items())
-        await _expect(client, f"XFORWARD {attrs}")
-    options = _mail_options(client, extras.mail_params, message)
-    # RFC 6531: a UTF-8 envelope goes on the wire as UTF-8 under SMTPUTF8;
-    # aiosmtplib encodes addresses as ASCII unless told otherwise.
-    utf8 = any(p.upper() == "SMTPUTF8" for p in options)
-    encoding = "utf-8" if utf8 else "ascii"
-    dsn = client.supports_extension("dsn")
-    await client.mail(msg_env.mail_from, options=options, encoding=encoding)
-    for rcpt, params in rcpts:
-        await client.rcpt(rcpt, options=params if dsn else [], encoding=encoding)
-    await client.data(message)
-
-
-def _mail_options(
-    client: aiosmtplib.SMTP, params: list[str], message: bytes
-) -> list[str]:
-    """MAIL FROM parameters the re-injection smtpd offers; SIZE of what we send."""
-    return [
-        f"SIZE={len(message)}" if p.upper().startswith("SIZE=") else p
-        for p in params
-        if _supported(client, p)
-    ]
+def _one_reply(outcomes: list[Outcome]) -> str:
+    """SMTP: 250 only when every recipient's part was done, else 451."""
+    for outcome in outcomes:
+        if outcome.failed:
+            return TEMPFAIL_451.format(why=outcome.failed)
+        if outcome.refused:
+            return TEMPFAIL_451.format(why="re-injection refused recipient")
+    return OK_250.format(what="; ".join(o.summary or o.done for o in outcomes))
 
 
 def _with_action(
@@ -469,24 +508,6 @@ def _with_action(
             value = value.split(" action=", 1)[0] + f" action={action}"
         out.append((name, value))
     return tuple(out)
-
-
-async def _expect(client: aiosmtplib.SMTP, command: str) -> None:
-    response = await client.execute_command(command.encode())
-    if response.code >= 400:
-        raise aiosmtplib.SMTPResponseException(response.code, response.message)
-
-
-def _supported(client: aiosmtplib.SMTP, param: str) -> bool:
-    key = param.split("=", 1)[0].upper()
-    needs = {
-        "SIZE": "size",
-        "BODY": "8bitmime",
-        "SMTPUTF8": "smtputf8",
-        "RET": "dsn",
-        "ENVID": "dsn",
-    }
-    return client.supports_extension(needs.get(key, key.lower()))
 
 
 def _message_envelope(
@@ -505,19 +526,17 @@ def _message_envelope(
     )
 
 
-def _recipient_groups(
-    decision: Decision, rcpts: list[tuple[str, list[str]]]
-) -> dict[str, list[tuple[str, list[str]]]]:
-    """(recipient, RCPT parameters) grouped by action; ``reject`` never bounces."""
+def _recipient_groups(decision: Decision, rcpts: list[Rcpt]) -> dict[str, list[Rcpt]]:
+    """Recipients grouped by action, in RCPT order; ``reject`` never bounces."""
     per_rcpt = dict(decision.per_recipient)
-    groups: dict[str, list[tuple[str, list[str]]]] = {}
-    for rcpt, params in rcpts:
-        action = per_rcpt.get(rcpt, decision.action)
+    groups: dict[str, list[Rcpt]] = {}
+    for rcpt in rcpts:
+        action = per_rcpt.get(rcpt.address, decision.action)
         if action not in SEVERITY:
             action = "accept"
         if action == "reject":
             action = "quarantine"
-        groups.setdefault(action, []).append((rcpt, params))
+        groups.setdefault(action, []).append(rcpt)
     return groups
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class QuarantineStore:
         self.db_path = state_dir / DB_NAME
         self.retention_s = retention_days * 86400
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._local = threading.local()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
 
@@ -103,6 +105,12 @@ class QuarantineStore:
         conn = sqlite3.connect(str(self.db_path), timeout=30.0)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.row_factory = sqlite3.Row
+        return conn
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
         return conn
 
     def path_for(self, entry_id: str) -> Path:
@@ -133,7 +141,7 @@ class QuarantineStore:
             "expires": now + self.retention_s,
             "state": "held",
         }
-        with self._connect() as conn:
+        with self._thread_connection() as conn:
             conn.execute(
                 f"INSERT INTO quarantine ({', '.join(row)}) "  # fixed column names
                 f"VALUES ({', '.join('?' * len(row))})",

@@ -142,6 +142,12 @@ def cmd_list(config: Config, as_json: bool) -> int:
                 f"{row['id']:<32} {row['where']:<5} {row['time']} phish={phish} "
                 f"{','.join(row['recipients'])} {'; '.join(row['reasons'][:2])}"
             )
+    if not rows and not as_json:  # say so, on stderr: stdout stays parseable
+        print(
+            f"phishgate: quarantine is empty (store in {config.state_dir}, "
+            "and Postfix's hold queue)",
+            file=sys.stderr,
+        )
     return 0
 
 

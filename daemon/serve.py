@@ -35,7 +35,13 @@ from phishgate.milter.options import DEFAULT_ACTIONS
 
 from .canary import canary_failures
 from .config import Config, ConfigError, load_config
-from .engine import ScanEngine, build_scanner, make_engine
+from .engine import (
+    ProcessEngine,
+    ScanEngine,
+    build_scanner,
+    make_engine,
+    worker_count,
+)
 from .metrics import Metrics
 from .milterfront import MilterFrontDoor
 from .model import ModelError
@@ -44,6 +50,7 @@ from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
 from .reload import ModelWatcher
+from .scanner import Scanner
 from .systemd import notify, ping_watchdog, watchdog_interval
 from .verdictlog import VerdictLog
 
@@ -206,10 +213,9 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             _check_reloadable(self.config, config)
-            await asyncio.get_running_loop().run_in_executor(
-                None, _check_canary, config
-            )
-            engine = await make_engine(config)
+            assert self.pipeline is not None  # set by startup()
+            old_version = self.pipeline.engine.model_version
+            engine = await self._next_engine(config)
         except (ConfigError, ModelError, OSError) as exc:
             self._refuse_reload(str(exc))
             if isinstance(exc, ModelError):
@@ -218,18 +224,42 @@ class Daemon:
             log.exception("reload failed")
             self._refuse_reload("internal error (traceback above)")
         else:
-            self._swap(config, engine)
+            self._swap(config, engine, old_version)
         notify("READY=1")
+
+    async def _next_engine(self, config: Config) -> ScanEngine:
+        """The engine to serve *config*'s model with, loaded and checked.
+
+        Worker processes load it beside the old one and switch in place
+        (starting new processes would take seconds of CPU from the scans in
+        flight); otherwise it is loaded and checked in a thread here, while
+        the loop keeps serving mail.
+        """
+        assert self.pipeline is not None
+        current = self.pipeline.engine
+        if (
+            isinstance(current, ProcessEngine)
+            and worker_count(config) == current.processes
+        ):
+            await current.swap(config)
+            return current
+        scanner = await asyncio.get_running_loop().run_in_executor(
+            None, _checked_scanner, config
+        )
+        return await make_engine(config, scanner)
 
     def _refuse_reload(self, why: str) -> None:
         log.error("reload refused, keeping the running configuration: %s", why)
         self.metrics.config_reloads.labels(result="refused").inc()
 
-    def _swap(self, config: Config, engine: ScanEngine) -> None:
+    def _swap(self, config: Config, engine: ScanEngine, old_version: str) -> None:
         assert self.pipeline is not None  # set by startup()
-        old_version = self.pipeline.engine.model_version
         self.config = config
-        self.pipeline.reconfigure(config, engine)
+        if engine is self.pipeline.engine:  # switched in place
+            self.pipeline.reconfigure(config)
+            self.metrics.set_model(engine.model_version)
+        else:
+            self.pipeline.reconfigure(config, engine)
         if engine.model_version != old_version:
             self.metrics.model_reloads.labels(result="ok").inc()
         configure_logging(config)
@@ -284,11 +314,13 @@ RESTART_ONLY = ("milter", "metrics", "proxy")
 """Config sections fixed at startup: the listeners and what they negotiate."""
 
 
-def _check_canary(config: Config) -> None:
-    """Refuse a model that gets any canary message wrong."""
-    failures = canary_failures(build_scanner(config))
+def _checked_scanner(config: Config) -> Scanner:
+    """The configured model, loaded; refused if it gets any canary message wrong."""
+    scanner = build_scanner(config)
+    failures = canary_failures(scanner)
     if failures:
         raise ModelError(f"canary check failed: {'; '.join(failures[:3])}")
+    return scanner
 
 
 def _check_reloadable(old: Config, new: Config) -> None:

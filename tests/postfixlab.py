@@ -168,6 +168,9 @@ class PostfixLab:
     """Milter connect, command and content timeouts (Postfix: 30s/30s/300s)."""
     filter_timeout: str = "60s"
     """``smtp_data_done_timeout`` of the transport that feeds the proxy."""
+    filter_transport: Literal["smtp", "lmtp"] = "smtp"
+    """The client that feeds the proxy: smtp(8), or lmtp(8) with per-recipient
+    replies after DATA (its ``lmtp_*`` parameters take the same values)."""
     retry_delay: str = "30s"
     """``queue_run_delay`` and the backoff times for deferred mail."""
     hostname: str = "lab.example.test"
@@ -386,7 +389,8 @@ class PostfixLab:
             services.append(_listener(self.milter_smtp_port, self._milter_options()))
         if self.filter_smtp_port != OFF:
             services.append(_listener(self.filter_smtp_port, self._filter_options()))
-            services.append(_service("scan unix - - n - 10 smtp", self._scan_options()))
+            scan = f"scan unix - - n - 10 {self.filter_transport}"
+            services.append(_service(scan, self._scan_options()))
         if self.reinject_port != OFF:
             services.append(_listener(self.reinject_port, _REINJECT_OPTIONS, "10"))
         return "".join(services)
@@ -409,11 +413,12 @@ class PostfixLab:
         }
 
     def _scan_options(self) -> dict[str, str]:
+        client = self.filter_transport
         return {
-            "smtp_send_xforward_command": "yes",
+            f"{client}_send_xforward_command": "yes",
             "disable_mime_output_conversion": "yes",
-            "smtp_generic_maps": "",
-            "smtp_data_done_timeout": self.filter_timeout,
+            f"{client}_generic_maps": "",
+            f"{client}_data_done_timeout": self.filter_timeout,
         }
 
     def _ready(self) -> bool:

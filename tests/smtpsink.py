@@ -31,13 +31,55 @@ class Received:
 class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     reply: str = "250 2.0.0 Ok: queued"
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    """Recipient -> the refusal its RCPT gets (others get 250)."""
+    data_replies: dict[str, str] = field(default_factory=dict)
+    """Recipient -> the reply to DATA of any transaction that names it."""
 
-    # The same extensions as the proxy offers: DSN, XFORWARD, PIPELINING.
-    handle_EHLO = ProxyHandler.handle_EHLO
+    offer_extensions: bool = True
+    """DSN, XFORWARD and PIPELINING in the EHLO reply, as the proxy offers them."""
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if self.offer_extensions:
+            return await ProxyHandler.handle_EHLO(
+                self,  # type: ignore[arg-type]  # it uses nothing of its handler
+                server,
+                session,
+                envelope,
+                hostname,
+                responses,
+            )
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
+        refusal = [
+            self.data_replies[r] for r in envelope.rcpt_tos if r in self.data_replies
+        ]
+        if refusal:
+            return refusal[0]
         extras: Any = getattr(server, "extras")  # noqa: B009  # set by ProxySMTP
         self.messages.append(
             Received(
@@ -77,6 +119,16 @@ class Sink:
 
         self._server = await self._loop.create_server(factory, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def drop_sessions(self) -> None:
+        """Close every open session from the server side (as a restart does)."""
+
+        async def drop() -> None:
+            for session in self._sessions:
+                if session.transport is not None:
+                    session.transport.close()
+
+        asyncio.run_coroutine_threadsafe(drop(), self._loop).result(10)
 
     def stop(self) -> None:
         """Stop serving; a second call does nothing."""

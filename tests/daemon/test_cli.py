@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -175,3 +176,46 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     proc = run("scan", "--model", str(tmp_path), "-", stdin=b"")
     assert proc.returncode == 2
     assert b"model" in proc.stderr
+
+
+def test_empty_log_and_quarantine_say_so_on_stderr(tmp_path: Path) -> None:
+    """Nothing logged or held: a line on stderr, empty stdout, exit 0."""
+    config = tmp_path / "phishgate.toml"
+    config.write_text(f'[storage]\nstate_dir = "{tmp_path / "state"}"\n')
+    for command in (["log"], ["quarantine", "list"]):
+        proc = run(*command, "--config", str(config))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == b""
+        assert b"phishgate: " in proc.stderr
+        quiet = run(*command, "--json", "--config", str(config))
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, b"", b"")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can change user")
+def test_model_activate_as_root_writes_as_the_state_dirs_owner() -> None:
+    """Root's `model activate` leaves pointer and lock to the service user."""
+    import shutil
+    import tempfile
+
+    from phishgate.daemon.model import default_model_dir
+
+    # Under /tmp (world-searchable): the service user must reach it.
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        root = Path(top)
+        root.chmod(0o755)
+        state = root / "state"
+        version = state / "models" / "v1"
+        shutil.copytree(default_model_dir(), version)
+        meta = json.loads((version / "meta.json").read_text())
+        (version / "meta.json").write_text(json.dumps({**meta, "version": "v1"}))
+        for path in (state, *state.rglob("*")):
+            os.chown(path, 65534, 65534)
+        config = root / "phishgate.toml"
+        config.write_text(f'[storage]\nstate_dir = "{state}"\n')
+        proc = run("model", "activate", "v1", "--config", str(config))
+        assert proc.returncode == 0, proc.stderr
+        written = list((state / "models").iterdir())
+        assert {p.name for p in written} >= {"active", "v1"}
+        assert {(p.name, p.stat().st_uid) for p in written} == {
+            (p.name, 65534) for p in written
+        }

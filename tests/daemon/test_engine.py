@@ -142,3 +142,58 @@ def test_workers_ignore_sigint_and_a_killed_one_is_replaced() -> None:
     first, alive_after_sigint, after = asyncio.run(run())
     assert alive_after_sigint
     assert after not in (first, os.getpid())
+
+
+def _model_copy(tmp_path: Path, version: str, broken: bool = False) -> Path:
+    target = tmp_path / version
+    shutil.copytree(default_model_dir(), target)
+    meta = (target / "meta.json").read_text()
+    (target / "meta.json").write_text(
+        meta.replace(f'"version": "{_bundled_version()}"', f'"version": "{version}"')
+    )
+    if broken:
+        (target / "model.txt").write_text("not a model\n")
+    return target
+
+
+def _bundled_version() -> str:
+    import json
+
+    return str(json.loads((default_model_dir() / "meta.json").read_text())["version"])
+
+
+def test_swap_in_place_switches_between_scans(tmp_path: Path) -> None:
+    """Workers stage the new model while scanning, then all switch; same pids."""
+    new = _model_copy(tmp_path, "swapped-1")
+    broken = _model_copy(tmp_path, "broken-1", broken=True)
+    config = parse_config(f'[daemon]\nworkers = 2\n[model]\npath = "{new}"\n', "t")
+    bad = parse_config(f'[daemon]\nworkers = 2\n[model]\npath = "{broken}"\n', "t")
+    message = as_bytes(plain())
+
+    async def run() -> tuple[list[str], list[str], list[str]]:
+        engine = await make_engine(TWO_WORKERS)
+        assert isinstance(engine, ProcessEngine)
+        try:
+            pids = engine.pids
+            # Scans sent before the swap finish on the old model.
+            before = [asyncio.ensure_future(engine.scan(message, "")) for _ in range(6)]
+            await asyncio.sleep(0)
+            await engine.swap(config)
+            after = await asyncio.gather(*(engine.scan(message, "") for _ in range(6)))
+            with pytest.raises(ModelError):
+                await engine.swap(bad)
+            still = await asyncio.gather(*(engine.scan(message, "") for _ in range(4)))
+            assert engine.pids == pids
+            assert engine.model_version == "swapped-1"
+            return (
+                [r.verdict.model_version for r in await asyncio.gather(*before)],
+                [r.verdict.model_version for r in after],
+                [r.verdict.model_version for r in still],
+            )
+        finally:
+            engine.close()
+            await engine.wait_closed()
+
+    before, after, still = asyncio.run(run())
+    assert set(after) == set(still) == {"swapped-1"}
+    assert before == [_bundled_version()] * 6  # sent before the commit frame

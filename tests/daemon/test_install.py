@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from phishgate.daemon.config import load_config, parse_config
-from phishgate.daemon.install import install_systemd, postfix_snippet
+from phishgate.daemon.install import install_systemd, next_steps, postfix_snippet
 
 
 def test_install_into_a_root_writes_only_there(tmp_path: Path) -> None:
@@ -22,6 +22,26 @@ def test_install_into_a_root_writes_only_there(tmp_path: Path) -> None:
     assert all(str(tmp_path) in line for line in done)
 
 
+def test_installed_config_names_the_units_state_directory(tmp_path: Path) -> None:
+    """Commands run from a shell use the daemon's store, not ~/.local/state."""
+    install_systemd(tmp_path, executable="/venv/bin/phishgate")
+    config = load_config(tmp_path / "etc/phishgate/phishgate.toml")
+    unit = (tmp_path / "etc/systemd/system/phishgate.service").read_text()
+    assert "StateDirectory=phishgate" in unit
+    assert config.state_dir == Path("/var/lib/phishgate")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["phishgate.service", "phishgate-retrain.service", "phishgate-retrain.timer"],
+)
+def test_packaged_units_match_the_systemd_folder(name: str) -> None:
+    """The copies the installer ships are the unit files in systemd/."""
+    repo = Path(__file__).resolve().parents[2]
+    shipped = repo / "daemon/data" / name
+    assert shipped.read_text() == (repo / "systemd" / name).read_text()
+
+
 def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
     """An admin's configuration is never overwritten."""
     config = tmp_path / "etc/phishgate/phishgate.toml"
@@ -29,6 +49,17 @@ def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
     config.write_text('[milter]\nlisten = "unix:/run/phishgate/milter.sock"\n')
     install_systemd(tmp_path, executable="/venv/bin/phishgate")
     assert "unix:" in config.read_text()
+
+
+def test_next_steps_follow_the_installed_config(tmp_path: Path) -> None:
+    """The Postfix lines printed after installing name the configured socket."""
+    config = tmp_path / "etc/phishgate/phishgate.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[milter]\nlisten = "unix:/run/phishgate/milter.sock"\n')
+    install_systemd(tmp_path, executable="/venv/bin/phishgate")
+    steps = next_steps(tmp_path)
+    assert "smtpd_milters = unix:/run/phishgate/milter.sock" in steps
+    assert "systemctl restart postfix" in steps
 
 
 @pytest.mark.skipif(
@@ -67,5 +98,6 @@ def test_snippets_follow_the_config() -> None:
     milter = postfix_snippet(config, "milter")
     assert "smtpd_milters = inet:127.0.0.1:9999" in milter
     content = postfix_snippet(config, "content-filter")
-    assert "content_filter = scan:[127.0.0.1]:11025" in content
+    assert "content_filter = phishgate:[127.0.0.1]:11025" in content
+    assert "phishgate unix  -       -       n       -       10      lmtp" in content
     assert "127.0.0.1:11026 inet" in content

@@ -93,3 +93,38 @@ def test_canary_catches_a_model_that_flags_everything(model_copy: Path) -> None:
     (model_copy / "meta.json").write_text(json.dumps(meta))
     failures = canary_failures(Scanner(Model.load(model_copy)))
     assert failures and all("ham scored" in f for f in failures)
+
+
+def test_explainer_reads_trees_that_could_not_split() -> None:
+    """Single-leaf trees (as continued training makes) explain as nothing."""
+    import lightgbm as lgb
+    from phishgate.daemon.model import PathExplainer
+
+    rng = np.random.default_rng(1)
+    x = rng.random((60, 4))
+    y = np.arange(60) % 3
+    params = {"objective": "multiclass", "num_class": 3, "verbose": -1}
+    stumps = lgb.train(
+        {**params, "min_data_in_leaf": 1000}, lgb.Dataset(x, y), num_boost_round=2
+    )
+    grown = lgb.train(
+        {**params, "min_data_in_leaf": 2},
+        lgb.Dataset(x, y),
+        num_boost_round=3,
+        init_model=stumps,
+    )
+    explainer = PathExplainer(grown.model_to_string(), 4, 3, PHISH)
+    leaves = np.asarray(grown.predict(x[:5], pred_leaf=True))
+    margins = np.asarray(grown.predict(x[:5], raw_score=True))[:, PHISH]
+    dump = grown.dump_model()["tree_info"]
+    roots = sum(
+        t["tree_structure"].get("internal_value", t["tree_structure"].get("leaf_value"))
+        for i, t in enumerate(dump)
+        if i % 3 == PHISH
+    )
+    assert any(t["num_leaves"] == 1 for t in dump)
+    assert any(t["num_leaves"] > 1 for t in dump)
+    assert len(explainer.trees) == len(dump) // 3
+    for row, margin in zip(leaves, margins, strict=True):
+        contrib = explainer.contributions(row)
+        assert contrib.sum() + roots == pytest.approx(margin, abs=1e-9)

@@ -153,3 +153,81 @@ def test_reinjection_refusal_answers_4xx(rig: Rig) -> None:
     with pytest.raises(smtplib.SMTPDataError) as caught:
         _send(rig.port, as_bytes(plain()), ["ann@example.org"])
     assert caught.value.smtp_code == 451
+
+
+SPLIT = "".join(
+    f'[[policy.domains]]\ndomain = "{domain}"\n'
+    f"tag_at = {tag_at}\nquarantine_at = 1.0\nreject_at = 1.0\n"
+    for domain, tag_at in (("pass.example", 1.0), ("tag.example", 1e-9))
+)
+"""pass.example accepts every message, tag.example tags every one."""
+SPLIT_RCPTS = ["al@pass.example", "bo@tag.example"]
+
+
+def _lmtp(port: int, raw: bytes, rcpts: list[str]) -> list[tuple[int, bytes]]:
+    """One LMTP transaction as Postfix's lmtp(8) runs it; the reply per recipient."""
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    with smtplib.LMTP("127.0.0.1", port) as lmtp:
+        assert lmtp.ehlo("postfix.example.test")[0] == 250  # sends LHLO
+        lmtp.docmd("XFORWARD", "ADDR=192.0.2.7 IDENT=4ABC123 PROTO=ESMTP")
+        assert lmtp.mail("bob@example.org")[0] == 250
+        for rcpt in rcpts:
+            assert lmtp.rcpt(rcpt)[0] == 250
+        replies = [lmtp.data(raw)]
+        replies += [lmtp.getreply() for _ in rcpts[1:]]
+        assert lmtp.noop()[0] == 250  # no reply left over: the session is in step
+        return replies
+
+
+@pytest.mark.parametrize("rig", [SPLIT], indirect=True)
+def test_lmtp_later_group_fails_only_its_recipients_retried(rig: Rig) -> None:
+    """LMTP: the accepted group gets 250, the failed later group 451; a retry of it
+    delivers it once, and the first group is never sent twice."""
+    rig.sink.handler.data_replies["bo@tag.example"] = "451 4.3.0 not now"
+    first = _lmtp(rig.port, as_bytes(phish()), SPLIT_RCPTS)
+    del rig.sink.handler.data_replies["bo@tag.example"]
+    retry = _lmtp(rig.port, as_bytes(phish()), ["bo@tag.example"])
+
+    assert [code for code, _ in first] == [250, 451] and retry[0][0] == 250
+    assert first[0][1] == b"2.0.0 Ok: accept"
+    assert first[1][1] == b"4.3.0 Error: re-injection failed, try again later"
+    delivered = [got.rcpt_tos for got in rig.sink.messages]
+    assert delivered == [["al@pass.example"], ["bo@tag.example"]]
+    assert b"action=tag" in rig.sink.messages[1].data
+
+
+@pytest.mark.parametrize("rig", [SPLIT], indirect=True)
+def test_smtp_later_group_fails_whole_message_451(rig: Rig) -> None:
+    """SMTP (one reply): a failed later group makes it 451 for all (README limit)."""
+    rig.sink.handler.data_replies["bo@tag.example"] = "451 4.3.0 not now"
+    with pytest.raises(smtplib.SMTPDataError) as caught:
+        _send(rig.port, as_bytes(phish()), SPLIT_RCPTS)
+    assert caught.value.smtp_code == 451
+    (got,) = rig.sink.messages  # the earlier group: Postfix will send it again
+    assert got.rcpt_tos == ["al@pass.example"]
+
+
+def test_lmtp_recipient_refused_by_reinjection_is_retried_alone(rig: Rig) -> None:
+    """LMTP: a recipient the re-injection smtpd refuses gets 451, the rest 250."""
+    rig.sink.handler.rcpt_replies["cy@example.org"] = "450 4.2.0 mailbox busy"
+    replies = _lmtp(rig.port, as_bytes(plain()), ["al@example.org", "cy@example.org"])
+
+    assert [code for code, _ in replies] == [250, 451]
+    assert b"re-injection: 450 4.2.0 mailbox busy" in replies[1][1]
+    (got,) = rig.sink.messages
+    assert got.rcpt_tos == ["al@example.org"]
+
+
+def test_smtp_recipient_refused_by_reinjection_sends_nothing(rig: Rig) -> None:
+    """SMTP: one refused recipient means no DATA at all, and 451 for the message."""
+    rig.sink.handler.rcpt_replies["cy@example.org"] = "450 4.2.0 mailbox busy"
+    with pytest.raises(smtplib.SMTPDataError) as caught:
+        _send(rig.port, as_bytes(plain()), ["al@example.org", "cy@example.org"])
+    assert caught.value.smtp_code == 451 and rig.sink.messages == []
+
+
+def test_lmtp_reinjection_down_answers_451_per_recipient(rig: Rig) -> None:
+    """LMTP with re-injection down: one 451 per recipient, the session stays usable."""
+    rig.sink.stop()
+    replies = _lmtp(rig.port, as_bytes(plain()), ["al@example.org", "cy@example.org"])
+    assert [code for code, _ in replies] == [451, 451]

@@ -13,7 +13,8 @@ import smtplib
 from collections.abc import Iterator
 
 import pytest
-from phishgate.daemon.proxy import read_data
+from aiosmtpd.smtp import SMTP
+from phishgate.daemon.proxy import ProxySMTP, read_data
 from smtpsink import Sink
 
 STREAM_LIMIT = 8
@@ -102,3 +103,24 @@ def test_long_lines_and_dots_over_a_socket(sink: Sink) -> None:
 
     (got,) = sink.messages
     assert got.data == content
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "<a@b.example>",
+        "<Ann.Lee+tag@Mail.Example.ORG> SIZE=10 BODY=8BITMIME",
+        "<a@b.example>  NOTIFY=NEVER",
+        "<>",
+        "<a..b@x.example>",
+        '<"a b"@x.example> SIZE=1',
+        "<björn@example.org> SMTPUTF8",
+        "<a@[192.0.2.1]>",
+        "a@b.example",
+        "<@relay.example:a@b.example>",
+    ],
+)
+def test_fast_address_parse_matches_aiosmtpd(arg: str) -> None:
+    """The plain-path shortcut gives what aiosmtpd's own parser gives."""
+    server = ProxySMTP(None)
+    assert server._getaddr(arg) == SMTP._getaddr(server, arg)

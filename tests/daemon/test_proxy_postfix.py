@@ -45,7 +45,8 @@ REJECT = {
     "quarantine_at": LOW,
     "reject_at": LOW,
 }
-DOMAINS = (PASS, HOLD, REJECT)
+TAG = {"domain": "tag.test", "tag_at": LOW, "quarantine_at": 1.0, "reject_at": 1.0}
+DOMAINS = (PASS, HOLD, REJECT, TAG)
 SENDER = "bob@example.org"
 LIST_KEYS = {"id", "time", "recipients", "phish", "reasons", "where"}
 IN_FLIGHT = 50
@@ -200,8 +201,8 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture(scope="module")
 def sink_lab(make_postfix_lab: LabFactory, sink: Sink) -> Iterator[PostfixLab]:
-    """A lab that relays every final delivery to the sink."""
-    lab = make_postfix_lab(sink_port=sink.port)
+    """A lab that feeds the proxy over LMTP and relays final delivery to the sink."""
+    lab = make_postfix_lab(sink_port=sink.port, filter_transport="lmtp")
     yield lab
     lab.purge()
 
@@ -218,7 +219,7 @@ def served(sink_lab: PostfixLab) -> Iterator[ServeProcess]:
 
 @pytest.fixture(scope="module")
 def lab(make_postfix_lab: LabFactory) -> Iterator[PostfixLab]:
-    """A Maildir lab for the tests that stop, break or kill their daemon."""
+    """A Maildir lab (the plain SMTP wiring) for tests that stop, break or kill."""
     lab = make_postfix_lab()
     yield lab
     lab.purge()
@@ -352,6 +353,25 @@ def test_same_verdict_through_both_front_doors(
         scores = {r["front_door"]: f"{r['phish']:.4f}" for r in rows}
         assert set(scores) == {"milter", "proxy"}
         assert scores["milter"] == scores["proxy"], make.__name__
+
+
+def test_lmtp_split_replies_per_recipient(
+    sink_lab: PostfixLab, sink: Sink, served: ServeProcess
+) -> None:
+    """LMTP: one phish to two domains; Postfix logs each recipient's own reply."""
+    msgid, passed, held = message_id(), recipient("pass.test"), recipient("hold.test")
+    data = as_bytes(phish(msgid=msgid))
+    queue_id = send(sink_lab.filter_smtp_port, data, [passed, held])
+
+    attempts = filter_attempts(sink_lab, queue_id, 2)
+    got = wait_sink(sink, passed)
+    (to_passed,) = [line for line in attempts if f"to=<{passed}>" in line]
+    (to_held,) = [line for line in attempts if f"to=<{held}>" in line]
+    assert "/lmtp[" in to_passed and "status=sent" in to_passed
+    assert "(250 2.0.0 Ok: accept)" in to_passed
+    assert f"(250 2.0.0 Ok: quarantined {stored(served, queue_id)['id']})" in to_held
+    assert got.rcpt_tos == [passed] and at_sink(sink, held) == []
+    assert header(got.data, "X-Phishgate-Verdict").endswith(" action=accept")
 
 
 # ---------------------------------------------------------------- quarantine CLI
@@ -601,3 +621,51 @@ def test_reinjection_down_defers_until_it_is_back(
     assert header(got.data, "Message-ID") == msgid
     assert header(got.data, "X-Phishgate-Status") == "scanned"
     assert row["action"] == "accept"
+
+
+# ---------------------------------------------------------------- LMTP split delivery
+
+
+@pytest.fixture(scope="module")
+def lmtp_lab(make_postfix_lab: LabFactory) -> Iterator[PostfixLab]:
+    """A lab whose content filter transport is lmtp(8), as the README wires it."""
+    lab = make_postfix_lab(filter_transport="lmtp")
+    yield lab
+    lab.purge()
+
+
+def test_lmtp_failed_later_group_retried_alone(lmtp_lab: PostfixLab) -> None:
+    """Re-injection fails for the second recipient group only: Postfix defers just
+    that recipient, and after the retry each recipient has exactly one copy."""
+    msgid, passed, tagged = message_id(), recipient("pass.test"), recipient("tag.test")
+    reinjection = Sink().start()  # plays Postfix's smtpd on 10026
+    reinjection.handler.data_replies[tagged] = "451 4.3.0 not now"
+    try:
+        with proxy_daemon(lmtp_lab, reinjection.port) as daemon:
+            data = as_bytes(phish(msgid=msgid))
+            queue_id = send(lmtp_lab.filter_smtp_port, data, [passed, tagged])
+            (entry,) = lmtp_lab.wait_queue(
+                lambda e: e["queue_id"] == queue_id and e["queue_name"] == "deferred"
+            )
+            first = filter_attempts(lmtp_lab, queue_id, 2)
+            del reinjection.handler.data_replies[tagged]
+            lmtp_lab.flush()
+            wait_sink(reinjection, tagged)
+            wait_for(lambda: not queued_for(lmtp_lab, [tagged]), 10, "queue empty")
+            rows = daemon.wait_rows(2, message_id=msgid)
+    finally:
+        reinjection.stop()
+
+    assert [r["address"] for r in entry["recipients"]] == [tagged]
+    assert (
+        "451 4.3.0 Error: re-injection failed"
+        in (entry["recipients"][0]["delay_reason"])
+    )
+    (to_passed_log,) = [line for line in first if f"to=<{passed}>" in line]
+    assert "/lmtp[" in to_passed_log and "status=sent" in to_passed_log
+    (to_passed,) = at_sink(reinjection, passed)
+    (to_tagged,) = at_sink(reinjection, tagged)
+    assert to_passed.rcpt_tos == [passed] and to_tagged.rcpt_tos == [tagged]
+    assert header(to_passed.data, "X-Phishgate-Verdict").endswith(" action=accept")
+    assert header(to_tagged.data, "X-Phishgate-Verdict").endswith(" action=tag")
+    assert [r["front_door"] for r in rows] == ["proxy", "proxy"]

@@ -1,7 +1,8 @@
 """Model swaps under load, through a real Postfix: nothing lost, nothing refused.
 
 Sender threads keep mail flowing through Postfix's milter listener while the
-test activates a second model version and then rolls back. The lab keeps
+test activates a second model version, points the daemon at a broken one
+(refused: the second keeps serving), and then rolls back. The lab keeps
 Postfix's default ``milter_default_action = tempfail``, so a scan that
 failed during a swap would show up as a 4xx to the sender, not as an
 unscanned delivery. Every message must end with one ``scanned`` verdict row
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 from mailfactory import as_bytes, plain
+from phishgate.daemon.models_dir import ACTIVE_FILE, models_dir
 from postfixlab import LabFactory, PostfixLab, wait_for
 from serve_process import (
     ServeProcess,
@@ -116,6 +118,20 @@ def test_swaps_under_load_lose_and_refuse_nothing(
             switch_to(daemon, load, bundled)
             daemon.run_cli("model", "activate", NEW_VERSION)
             to_new = switch_to(daemon, load, NEW_VERSION)
+            # A broken model behind the pointer (a bad copy, a full disk):
+            # refused, and the new version keeps serving the mail in flight.
+            broken = publish_model_copy(daemon.state_dir, "broken-1")
+            (broken / "model.txt").write_text("not a model\n")
+            (models_dir(daemon.state_dir) / ACTIVE_FILE).write_text("broken-1\n")
+            daemon.wait_log("reload refused", timeout=SWAP_TIMEOUT)
+            refused = time.monotonic()
+            wait_for(
+                lambda: load.completed_since(refused) >= AFTER_SWAP,
+                SWAP_TIMEOUT,
+                f"{AFTER_SWAP} messages after the broken model was refused",
+            )
+            assert served_version(daemon) == NEW_VERSION
+            daemon.run_cli("model", "activate", NEW_VERSION)  # the pointer mended
             rolling_back = time.monotonic()
             daemon.run_cli("model", "rollback")
             back = switch_to(daemon, load, bundled)
@@ -141,6 +157,7 @@ def test_swaps_under_load_lose_and_refuse_nothing(
         assert len(expected) >= 2 * AFTER_SWAP - SENDERS
         assert [(m, version[m]) for m, _ in expected] == expected
         assert daemon.metric("phishgate_model_reloads_total", result="ok") == 2
+        assert daemon.metric("phishgate_model_reloads_total", result="refused") >= 1
 
 
 def delivered(lab: PostfixLab, rcpt: str) -> str:

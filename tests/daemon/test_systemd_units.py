@@ -4,7 +4,8 @@
 Whether the daemon still works inside that sandbox is checked by running
 the real ``phishgate serve`` (two scan workers, the SMTP proxy in front of
 a sink) under the unit's own system call filter and write-execute ban
-(tests/daemon/unit_sandbox.py), since no systemd runs as PID 1 here.
+(tests/daemon/unit_sandbox.py), since the test machines have no systemd as
+PID 1; scripts/systemd-nspawn-check.sh runs the units under a real one.
 """
 
 from __future__ import annotations

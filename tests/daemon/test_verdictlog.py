@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
+import pytest
 from mailfactory import as_bytes, phish
 from phishgate.daemon.labels import record_label
 from phishgate.daemon.verdictlog import DB_NAME, VerdictLog, make_row, read_verdicts
@@ -78,3 +80,17 @@ def test_old_table_gains_the_features_column(tmp_path: Path) -> None:
     rows = {r["message_id"]: r for r in read_verdicts(tmp_path / DB_NAME)}
     assert rows["<old@x>"]["features"] is None and rows["<old@x>"]["phish"] == 0.02
     assert rows["<new@x>"]["features"] == {"url_count": 3}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_labels_root_records_belong_to_the_state_dirs_owner(tmp_path: Path) -> None:
+    """An admin's `phishgate report` as root leaves files the service user owns."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)  # as if it belonged to the phishgate user
+    record_label(state, as_bytes(phish()), "phish", "admin", "<p@x>")
+    made = [state / DB_NAME, *state.rglob("*")]
+    assert {(p.name, p.stat().st_uid, p.stat().st_gid) for p in made} == {
+        (p.name, 65534, 65534) for p in made
+    }
+    assert any(p.suffix == ".eml" for p in made)
