@@ -68,7 +68,11 @@ SWITCH_INTERVAL_S = 0.001
 MALLOC_ARENAS = 2
 """glibc heaps for the daemon's threads; its default (8 per core) lets each
 thread fragment a heap of its own, and the resident size grows with them."""
-M_ARENA_MAX = -8  # glibc malloc.h
+MMAP_THRESHOLD = 256 * 1024
+"""Allocations from this size up get pages of their own, returned on free.
+glibc otherwise raises the threshold after the first large free, and the
+copies of one large message then stay in the heap for good."""
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc malloc.h
 WARMUP_TIMEOUT_S = 120.0
 """Seconds for every worker to start and load the model."""
 IGNORED_IN_WORKERS = (signal.SIGINT, signal.SIGHUP)
@@ -154,6 +158,7 @@ def worker_main(fd: int) -> None:
     """
     for signum in IGNORED_IN_WORKERS:
         signal.signal(signum, signal.SIG_IGN)
+    tune_malloc()
     sock = socket.socket(fileno=fd)
     stream = sock.makefile("rb")
     setup = _read_frame(stream)
@@ -194,10 +199,15 @@ def _send_frame(sock: socket.socket, reply: tuple[str, object]) -> None:
     sock.sendall(_FRAME.pack(len(payload)) + payload)
 
 
-def limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas for this process (see ``MALLOC_ARENAS``)."""
+def tune_malloc() -> None:
+    """Keep this process's heap from growing for good under large messages.
+
+    glibc only (``MALLOC_ARENAS``, ``MMAP_THRESHOLD``); elsewhere a no-op.
+    """
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def release_free_memory() -> None:
@@ -415,7 +425,7 @@ def worker_count(config: Config) -> int:
 
 async def make_engine(config: Config) -> ScanEngine:
     """The engine ``[daemon] workers`` asks for, ready to scan."""
-    limit_malloc_arenas()
+    tune_malloc()
     workers = worker_count(config)
     if workers >= 2:
         engine = ProcessEngine(config, workers)
