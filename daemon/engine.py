@@ -27,6 +27,7 @@ on_error``), and a new worker starts in its place.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import gc
@@ -234,6 +235,8 @@ class _Worker:
                 pass_fds=(child.fileno(),),
                 env={**os.environ, **WORKER_ENVIRONMENT},
             )
+        self._socket = parent
+        _STARTED.add(self)
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[tuple[int, str]] = loop.create_future()
         self.ready.add_done_callback(_retrieve)
@@ -291,6 +294,16 @@ class _Worker:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(subprocess.TimeoutExpired):
             await loop.run_in_executor(None, self.process.wait, JOIN_TIMEOUT_S)
+        _STARTED.discard(self)
+
+    def end(self) -> None:
+        """At exit: close the socket and wait for the worker to finish its scan."""
+        self._socket.close()
+        try:
+            self.process.wait(JOIN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     async def _answers(self, reader: asyncio.StreamReader) -> None:
         while True:
@@ -319,6 +332,17 @@ class _Worker:
             future = self.pending.popleft()
             if not future.done():
                 future.set_exception(error)
+
+
+_STARTED: set[_Worker] = set()
+"""Workers not yet reaped: the daemon waits for them when it exits."""
+
+
+@atexit.register
+def _end_workers() -> None:
+    """Let every worker answer what it holds and exit before the daemon does."""
+    for worker in list(_STARTED):
+        worker.end()
 
 
 def _settle(future: asyncio.Future[ScanResult], kind: str, value: object) -> None:
