@@ -27,6 +27,7 @@ on_error``), and a new worker starts in its place.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import gc
@@ -72,7 +73,11 @@ SWITCH_INTERVAL_S = 0.001
 MALLOC_ARENAS = 2
 """glibc heaps for the daemon's threads; its default (8 per core) lets each
 thread fragment a heap of its own, and the resident size grows with them."""
-M_ARENA_MAX = -8  # glibc malloc.h
+MMAP_THRESHOLD = 256 * 1024
+"""Allocations from this size up get pages of their own, returned on free.
+glibc otherwise raises the threshold after the first large free, and the
+copies of one large message then stay in the heap for good."""
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc malloc.h
 WARMUP_TIMEOUT_S = 120.0
 """Seconds for every worker to start and load the model."""
 IGNORED_IN_WORKERS = (signal.SIGINT, signal.SIGHUP)
@@ -208,6 +213,7 @@ def worker_main(fd: int) -> None:
     """
     for signum in IGNORED_IN_WORKERS:
         signal.signal(signum, signal.SIG_IGN)
+    tune_malloc()
     sock = socket.socket(fileno=fd)
     stream = sock.makefile("rb")
     setup = _read_frame(stream)
@@ -266,10 +272,15 @@ def _send_frame(sock: socket.socket, reply: tuple[str, object]) -> None:
     sock.sendall(_FRAME.pack(len(payload)) + payload)
 
 
-def limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas for this process (see ``MALLOC_ARENAS``)."""
+def tune_malloc() -> None:
+    """Keep this process's heap from growing for good under large messages.
+
+    glibc only (``MALLOC_ARENAS``, ``MMAP_THRESHOLD``); elsewhere a no-op.
+    """
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def release_free_memory() -> None:
@@ -296,6 +307,8 @@ class _Worker:
                 pass_fds=(child.fileno(),),
                 env={**os.environ, **WORKER_ENVIRONMENT},
             )
+        self._socket = parent
+        _STARTED.add(self)
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[tuple[int, str]] = loop.create_future()
         self.ready.add_done_callback(_retrieve)
@@ -359,6 +372,16 @@ class _Worker:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(subprocess.TimeoutExpired):
             await loop.run_in_executor(None, self.process.wait, JOIN_TIMEOUT_S)
+        _STARTED.discard(self)
+
+    def end(self) -> None:
+        """At exit: close the socket and wait for the worker to finish its scan."""
+        self._socket.close()
+        try:
+            self.process.wait(JOIN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     async def _answers(self, reader: asyncio.StreamReader) -> None:
         while True:
@@ -390,6 +413,17 @@ class _Worker:
             future = self.pending.popleft()
             if not future.done():
                 future.set_exception(error)
+
+
+_STARTED: set[_Worker] = set()
+"""Workers not yet reaped: the daemon waits for them when it exits."""
+
+
+@atexit.register
+def _end_workers() -> None:
+    """Let every worker answer what it holds and exit before the daemon does."""
+    for worker in list(_STARTED):
+        worker.end()
 
 
 def _settle(future: asyncio.Future[ScanResult], kind: str, value: object) -> None:
@@ -548,7 +582,7 @@ async def make_engine(config: Config, scanner: Scanner | None = None) -> ScanEng
     With one worker, *scanner* (already loaded and checked) is used as it
     is; worker processes always load their own copy of the model.
     """
-    limit_malloc_arenas()
+    tune_malloc()
     workers = worker_count(config)
     if workers >= 2:
         engine = ProcessEngine(config, workers)

@@ -130,7 +130,9 @@ class Session:
         self.state: dict[str, object] = {}
         self._handler = handler
         self._macros: dict[bytes, dict[str, str]] = {}
-        self._body = bytearray()
+        # Body chunks as they came, joined once at end of message.
+        self._body: list[bytes] = []
+        self._body_kept = 0
         self._handler_closed = False
 
     # -- Views -----------------------------------------------------------------
@@ -267,25 +269,33 @@ class Session:
         envelope.mail_from = strip_brackets(args[0])
         envelope.mail_args = list(args[1:])
         self.envelope = envelope
+        self._clear_body()
+
+    def _clear_body(self) -> None:
         self._body.clear()
+        self._body_kept = 0
 
     def _add_body(self, chunk: bytes) -> None:
         envelope = self._message()
         envelope.body_size += len(chunk)
-        room = self.options.max_body_bytes - len(self._body)
-        self._body += chunk[: max(room, 0)]
+        room = self.options.max_body_bytes - self._body_kept
+        kept = chunk[: max(room, 0)]  # the chunk itself when it all fits
+        if kept:
+            self._body.append(kept)
+            self._body_kept += len(kept)
         if len(chunk) > room:
             envelope.body_truncated = True
 
     def _snapshot(self) -> Envelope:
         envelope = self._message()
-        envelope.body = bytes(self._body)
+        envelope.body = b"".join(self._body)
+        self._body[:] = [envelope.body]  # the chunks are not kept twice
         envelope.macros = self.macros
         return envelope
 
     def _finish_message(self) -> None:
         self.envelope = None
-        self._body.clear()
+        self._clear_body()
         for stage in list(self._macros):
             if stage not in _CONNECTION_MACRO_STAGES:
                 del self._macros[stage]
