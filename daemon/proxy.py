@@ -313,6 +313,7 @@ class ProxyHandler:
         extras: _Extras,
         lmtp: bool,
     ) -> list[Outcome]:
+        """Each group's Outcome; a group after an unreachable smtpd does not try."""
         outcomes: list[Outcome] = []
         unreachable = ""
         for action, group in jobs:
