@@ -505,12 +505,14 @@ def _brand_links(
     names the brand and links elsewhere.
     """
     named = set(brands.words_of(subject)).union(words).intersection(brands.BRAND_NAMES)
+    if not named or not links:
+        return
     domains = {
         info.domain
         for info in map(url_info, (link.url for link in links))
         if info is not None
     }
-    if not named or not domains:
+    if not domains:
         return
     for brand in sorted(named):
         owned = set(brands.BRANDS[brand])
