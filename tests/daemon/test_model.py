@@ -93,3 +93,11 @@ def test_canary_catches_a_model_that_flags_everything(model_copy: Path) -> None:
     (model_copy / "meta.json").write_text(json.dumps(meta))
     failures = canary_failures(Scanner(Model.load(model_copy)))
     assert failures and all("ham scored" in f for f in failures)
+
+
+def test_every_feature_has_reason_wording() -> None:
+    """A reason never falls back to a raw feature name."""
+    from phishgate.daemon.features import FEATURE_NAMES
+    from phishgate.daemon.model import REASON_TEXT, reason_family
+
+    assert {reason_family(n) for n in FEATURE_NAMES} - set(REASON_TEXT) == set()
