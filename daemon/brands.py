@@ -169,7 +169,43 @@ LEXICONS: dict[str, tuple[str, ...]] = {
         "paket*", "sendung*", "zustellung", "colis", "livraison", "encomenda",
         "entrega", "paquete", "envío", "pakket*", "bezorging", "pacco", "consegna",
     ),
+    # what credential phish threatens or demands about an account
+    "threat": (
+        "verify your account", "verify your identity", "confirm your identity",
+        "confirm your account", "account will be", "account has been",
+        "account is suspended", "account suspended", "has been suspended",
+        "has been locked", "has been limited", "temporarily locked",
+        "password expires", "password will expire", "password has expired",
+        "mailbox is full", "mailbox quota", "storage is full", "unusual sign",
+        "unusual activity", "suspicious activity", "unauthorized access",
+        "reactivate", "restore access", "restore your", "update your payment",
+        "update your billing", "payment information", "payment details",
+        "failed payment", "payment was declined", "pending messages",
+        "undelivered messages", "ihr konto wurde", "konto gesperrt",
+        "konto verifizieren", "votre compte a été", "votre compte sera",
+        "sua conta foi", "sua conta será", "su cuenta ha sido",
+        "uw account is", "il tuo account",
+    ),
+    # salutations that show the sender does not know the reader
+    "greeting": (
+        "dear customer", "dear user", "dear client", "dear member",
+        "dear valued", "dear account", "dear sir", "dear madam",
+        "dear beneficiary", "dear friend", "hello user", "dear email",
+        "dear mailbox", "dear webmail", "sehr geehrter kunde",
+        "sehr geehrte kundin", "lieber kunde", "liebe kundin", "cher client",
+        "chère cliente", "cher utilisateur", "prezado cliente",
+        "prezada cliente", "caro cliente", "estimado cliente",
+        "querido cliente", "beste klant", "gentile cliente",
+    ),
 }  # fmt: skip
+
+# How a sender offers a way out of its mailings (link text or URL).
+UNSUBSCRIBE = re.compile(
+    r"unsubscri|opt[ -]?out|optout|remove me|abbestell|abmelden|"
+    r"d[ée]sabonn|d[ée]sinscri|descadastr|cancelar (?:a )?(?:inscri|suscri)|"
+    r"darse de baja|afmelden|uitschrijven|disiscri|cancella l",
+    re.I,
+)
 
 _TOKEN = re.compile(r"[^\W\d_]{2,24}")
 

@@ -203,9 +203,10 @@ def _add_train(sub: Any) -> None:
     p.add_argument(
         "--augment-html",
         type=float,
-        default=0.4,
+        default=None,
         metavar="SHARE",
-        help="share of plain-text ham given an HTML twin (default 0.4)",
+        help="share of plain-text ham given an HTML twin "
+        "(default: training.train.AUGMENT_HTML_SHARE)",
     )
     p.add_argument(
         "--no-threshold-folds",
@@ -486,6 +487,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from phishgate.training.dataset import parse_corpus_spec
     from phishgate.training.report import print_training_report
     from phishgate.training.train import (
+        AUGMENT_HTML_SHARE,
         SEED,
         TrainConfig,
         refresh_feature_references,
@@ -503,7 +505,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         rounds=args.rounds,
         seed=SEED if args.seed is None else args.seed,
-        augment_html=args.augment_html,
+        augment_html=(
+            AUGMENT_HTML_SHARE if args.augment_html is None else args.augment_html
+        ),
         choose_thresholds=not args.no_threshold_folds,
     )
     meta = train_and_write(train_specs, test_specs, Path(args.out), config)

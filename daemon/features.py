@@ -39,7 +39,7 @@ from .urls import (
 
 __all__ = ["FEATURE_NAMES", "SCHEMA_VERSION", "FeatureExtractor", "Features"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 WORD_BUCKETS = 256
 BIGRAM_BUCKETS = 128
@@ -71,7 +71,8 @@ STRUCTURED_NAMES: tuple[str, ...] = (
     "url_text_mismatch", "url_shortener", "url_redirector", "url_at",
     "url_max_subdomains", "url_nonstd_port", "url_data", "url_javascript",
     "url_from_domain_frac", "url_offdomain", "url_max_len", "url_http_frac",
-    "url_risky_tld", "url_login_words", "url_action_text",
+    "url_risky_tld", "url_login_words", "url_action_text", "url_unsubscribe",
+    "url_brand_offdomain",
     # html
     "html_present", "html_only", "html_forms", "html_password",
     "html_form_offdomain", "html_hidden_chars", "html_zero_width", "html_bidi",
@@ -85,6 +86,7 @@ STRUCTURED_NAMES: tuple[str, ...] = (
     # text
     "text_len", "text_words", "text_upper_ratio", "text_digit_ratio",
     "lex_urgency", "lex_credential", "lex_payment", "lex_prize", "lex_delivery",
+    "lex_threat", "lex_greeting", "text_unsubscribe",
     "text_money", "text_zero_width", "text_bidi", "text_non_latin",
     "text_quoted_lines", "text_signature",
 )  # fmt: skip
@@ -176,6 +178,7 @@ class FeatureExtractor:
             values["limit_hit"] = 1.0
         words = _words(text)
         _text_features(text, words, values)
+        _brand_links(parsed.subject, words, links, sender, values, facts)
         if self.text_hashing:
             _hash_text(brands.words_of(parsed.subject), words, vec)
         values["text_words"] = _log(len(words))
@@ -447,6 +450,12 @@ def _url_features(
     values["url_action_text"] = sum(
         bool(_ACTION_TEXT.search(link.text)) for link, _ in infos
     )
+    values["url_unsubscribe"] = sum(
+        bool(
+            brands.UNSUBSCRIBE.search(link.text) or brands.UNSUBSCRIBE.search(link.url)
+        )
+        for link, _ in infos
+    )
     values["url_shortener"] = sum(is_shortener(info) for _, info in infos)
     values["url_redirector"] = sum(
         is_redirector(link.url, info) for link, info in infos
@@ -480,6 +489,39 @@ def _url_lookalikes(
         facts["url_lookalike_brand"] = f"{like_brand[0][0]} imitates {like_brand[0][1]}"
     if in_host:
         facts["url_brand_in_host"] = f"{in_host[0][0]} uses the name {in_host[0][1]}"
+
+
+def _brand_links(
+    subject: str,
+    words: list[str],
+    links: list[Link],
+    sender: _Sender,
+    values: dict[str, float],
+    facts: dict[str, str],
+) -> None:
+    """A brand named in subject or body while no link goes to that brand.
+
+    Newsletters that name a brand link to it or are sent by it; phishing
+    names the brand and links elsewhere.
+    """
+    named = set(brands.words_of(subject)).union(words).intersection(brands.BRAND_NAMES)
+    if not named or not links:
+        return
+    domains = {
+        info.domain
+        for info in map(url_info, (link.url for link in links))
+        if info is not None
+    }
+    if not domains:
+        return
+    for brand in sorted(named):
+        owned = set(brands.BRANDS[brand])
+        if owned and sender.org not in owned and not domains & owned:
+            values["url_brand_offdomain"] = 1.0
+            facts["url_brand_offdomain"] = (
+                f"names {brand}, links go to {sorted(domains)[0]}"
+            )
+            return
 
 
 def _link_text_mismatch(
@@ -616,6 +658,7 @@ def _text_features(text: str, words: list[str], values: dict[str, float]) -> Non
     for name, count in brands.lexicon_counts(words).items():
         values[f"lex_{name}"] = count
     values["text_money"] = len(_MONEY.findall(text))
+    values["text_unsubscribe"] = float(bool(brands.UNSUBSCRIBE.search(text)))
     values["text_zero_width"] = len(_ZERO_WIDTH.findall(text))
     values["text_bidi"] = len(_BIDI.findall(text))
     lines = text.count("\n") + 1

@@ -125,6 +125,42 @@ def test_lexicons_several_languages() -> None:
     assert feats.get("lex_credential") >= 2
 
 
+def test_account_threat_and_generic_greeting() -> None:
+    """Threats about the account and a greeting that names no one are counted."""
+    text = "Dear customer, your account has been suspended. Verify your account."
+    feats = extract(as_bytes(plain(text)))
+    assert feats.get("lex_threat") >= 2
+    assert feats.get("lex_greeting") == 1
+    assert extract(as_bytes(plain())).get("lex_threat") == 0
+
+
+def test_unsubscribe_link_and_text() -> None:
+    """A newsletter's way out counts as an unsubscribe link and wording."""
+    raw = as_bytes(
+        html(
+            '<p>News</p><a href="https://news.example.com/u?id=1">Unsubscribe</a>'
+            '<a href="https://news.example.com/optout">here</a>',
+            text_body="News. To unsubscribe, follow the link.",
+        )
+    )
+    feats = extract(raw)
+    assert feats.get("url_unsubscribe") == 2
+    assert feats.get("text_unsubscribe") == 1
+    assert extract(as_bytes(plain())).get("text_unsubscribe") == 0
+
+
+def test_brand_named_but_links_go_elsewhere() -> None:
+    """A brand in the text with no link to it is flagged; its own links are not."""
+    elsewhere = as_bytes(
+        plain("Your PayPal payment failed: https://pay-check.example.net/x\n")
+    )
+    feats = extract(elsewhere)
+    assert feats.get("url_brand_offdomain") == 1
+    assert "paypal" in feats.facts["url_brand_offdomain"]
+    own = as_bytes(plain("Your PayPal receipt: https://www.paypal.com/activity\n"))
+    assert extract(own).get("url_brand_offdomain") == 0
+
+
 def test_hashed_text_is_stable() -> None:
     """Text hashing uses CRC-32, so buckets do not depend on the process."""
     feats = extract(as_bytes(plain("password")))

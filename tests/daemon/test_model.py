@@ -128,3 +128,11 @@ def test_explainer_reads_trees_that_could_not_split() -> None:
     for row, margin in zip(leaves, margins, strict=True):
         contrib = explainer.contributions(row)
         assert contrib.sum() + roots == pytest.approx(margin, abs=1e-9)
+
+
+def test_every_feature_has_reason_wording() -> None:
+    """A reason never falls back to a raw feature name."""
+    from phishgate.daemon.features import FEATURE_NAMES
+    from phishgate.daemon.model import REASON_TEXT, reason_family
+
+    assert {reason_family(n) for n in FEATURE_NAMES} - set(REASON_TEXT) == set()

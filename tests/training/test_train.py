@@ -20,6 +20,7 @@ from phishgate.daemon.model import Model
 from phishgate.daemon.scanner import Scanner
 from phishgate.training.dataset import CorpusSpec, load_corpora
 from phishgate.training.metrics import roc_auc, threshold_at_fpr
+from phishgate.training.select import validate
 from phishgate.training.train import (
     TrainConfig,
     fit,
@@ -242,3 +243,21 @@ def test_roc_auc_known_values() -> None:
     assert roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
     assert roc_auc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
     assert roc_auc(np.array([0.0]), np.array([1.0])) == 0.0
+
+
+def test_selection_validates_on_left_out_ham_and_later_phish(
+    corpora: dict[str, Path],
+) -> None:
+    """Model selection scores each ham source and the later phish out of fold."""
+    specs = [
+        *_train_specs(corpora),
+        CorpusSpec(str(corpora["ham_test"]), "ham"),
+        CorpusSpec(str(corpora["phish_test"]), "phish"),
+    ]
+    ds = load_corpora(specs, progress=False, workers=1)
+    config = TrainConfig(rounds=20, augment_html=0.0, threads=1)
+    result = validate(ds, config, val_phish="phish_test")
+    assert result["n"] == {"ham": 180, "validation_phish": 60}
+    assert set(result["ham_fpr_at_0.005"]) == {"ham", "ham_test"}
+    assert result["roc_auc"] >= 0.95
+    assert 0.0 <= result["recall_at_0.001"] <= result["recall_at_0.01"] <= 1.0
