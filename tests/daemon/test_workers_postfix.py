@@ -137,8 +137,10 @@ def test_two_workers_share_the_mail_and_nothing_is_lost(
 
 
 def test_new_model_reaches_the_workers(lab: PostfixLab, served: ServeProcess) -> None:
-    """`model activate`: new workers with the new model scan the next message."""
-    old_pids = set(workers_by_message(served).values())
+    """`model activate`: the same workers switch to the new model in place."""
+    started = READY_PIDS.search(served.log_text())
+    assert started is not None, "no 'scan worker processes ready' line"
+    old_pids = {int(pid) for pid in started[1].split()}
     publish_model_copy(served.state_dir, NEW_VERSION)
     served.run_cli("model", "activate", NEW_VERSION)
     wait_for(
@@ -152,7 +154,7 @@ def test_new_model_reaches_the_workers(lab: PostfixLab, served: ServeProcess) ->
     (row,) = served.wait_rows(message_id=msgid)
     assert row["model_version"] == NEW_VERSION
     assert f"X-Phishgate-Model: {NEW_VERSION}".encode() in delivered_raw(lab, rcpt)
-    assert workers_by_message(served)[msgid] not in old_pids
+    assert workers_by_message(served)[msgid] in old_pids  # no new processes
 
 
 def test_sigterm_finishes_the_scan_in_a_worker(lifecycle_lab: PostfixLab) -> None:
