@@ -185,8 +185,7 @@ def _lmtp(port: int, raw: bytes, rcpts: list[str]) -> list[tuple[int, bytes]]:
 
 @pytest.mark.parametrize("rig", [SPLIT], indirect=True)
 def test_lmtp_later_group_fails_only_its_recipients_retried(rig: Rig) -> None:
-    """LMTP: the accepted group gets 250, the failed later group 451; a retry of it
-    delivers it once, and the first group is never sent twice."""
+    """LMTP: 250 for the done group, 451 for the failed one; its retry sends once."""
     rig.sink.handler.data_replies["bo@tag.example"] = "451 4.3.0 not now"
     first = _lmtp(rig.port, as_bytes(phish()), SPLIT_RCPTS)
     del rig.sink.handler.data_replies["bo@tag.example"]
@@ -243,8 +242,7 @@ def test_lmtp_reinjection_down_answers_451_per_recipient(rig: Rig) -> None:
     indirect=True,
 )
 def test_smtp_store_failure_reinjects_nothing(rig: Rig) -> None:
-    """SMTP: the held group is stored first, so when the store fails, 451 and no
-    copy went out that Postfix's retry would deliver twice."""
+    """SMTP: the held group is stored first; its failure re-injects nothing."""
     rig.store.root.rmdir()  # no quarantine folder
     rig.store.root.write_bytes(b"")  # ... and no way to make one
     with pytest.raises(smtplib.SMTPDataError) as caught:

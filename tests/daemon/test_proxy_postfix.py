@@ -640,8 +640,7 @@ def lmtp_lab(make_postfix_lab: LabFactory) -> Iterator[PostfixLab]:
 
 
 def test_lmtp_failed_later_group_retried_alone(lmtp_lab: PostfixLab) -> None:
-    """Re-injection fails for the second recipient group only: Postfix defers just
-    that recipient, and after the retry each recipient has exactly one copy."""
+    """Second group's re-injection fails: only it is deferred; one copy each after."""
     msgid, passed, tagged = message_id(), recipient("pass.test"), recipient("tag.test")
     reinjection = Sink().start()  # plays Postfix's smtpd on 10026
     reinjection.handler.data_replies[tagged] = "451 4.3.0 not now"
