@@ -301,7 +301,12 @@ class ProxyHandler:
         if report is not None:
             jobs.append(("report", [r for r in rcpts if r.address in skip]))
         others = [r for r in rcpts if r.address not in skip]
-        jobs += _recipient_groups(decision, others).items()
+        groups = _recipient_groups(decision, others)
+        # Held first: over SMTP a store that fails then leaves nothing
+        # re-injected that Postfix's retry would deliver twice.
+        if "quarantine" in groups:
+            jobs.insert(0, ("quarantine", groups.pop("quarantine")))
+        jobs += groups.items()
         return await self._deliver_all(jobs, msg_env, raw, decision, extras, lmtp)
 
     async def _deliver_all(

@@ -64,7 +64,11 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     thread.start()
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
     yield Rig(port, sink, store, metrics)
-    server.close()
+
+    async def close() -> None:  # on the server's own loop: asyncio is not thread-safe
+        server.close()
+
+    asyncio.run_coroutine_threadsafe(close(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     pipeline.close()
@@ -181,8 +185,7 @@ def _lmtp(port: int, raw: bytes, rcpts: list[str]) -> list[tuple[int, bytes]]:
 
 @pytest.mark.parametrize("rig", [SPLIT], indirect=True)
 def test_lmtp_later_group_fails_only_its_recipients_retried(rig: Rig) -> None:
-    """LMTP: the accepted group gets 250, the failed later group 451; a retry of it
-    delivers it once, and the first group is never sent twice."""
+    """LMTP: 250 for the done group, 451 for the failed one; its retry sends once."""
     rig.sink.handler.data_replies["bo@tag.example"] = "451 4.3.0 not now"
     first = _lmtp(rig.port, as_bytes(phish()), SPLIT_RCPTS)
     del rig.sink.handler.data_replies["bo@tag.example"]
@@ -231,3 +234,17 @@ def test_lmtp_reinjection_down_answers_451_per_recipient(rig: Rig) -> None:
     rig.sink.stop()
     replies = _lmtp(rig.port, as_bytes(plain()), ["al@example.org", "cy@example.org"])
     assert [code for code, _ in replies] == [451, 451]
+
+
+@pytest.mark.parametrize(
+    "rig",
+    ['[[policy.domains]]\ndomain = "open.example"\nscan = false\n'],
+    indirect=True,
+)
+def test_smtp_store_failure_reinjects_nothing(rig: Rig) -> None:
+    """SMTP: the held group is stored first; its failure re-injects nothing."""
+    rig.store.root.rmdir()  # no quarantine folder
+    rig.store.root.write_bytes(b"")  # ... and no way to make one
+    with pytest.raises(smtplib.SMTPDataError) as caught:
+        _send(rig.port, as_bytes(phish()), ["zed@open.example", "ann@example.org"])
+    assert caught.value.smtp_code == 451 and rig.sink.messages == []

@@ -562,7 +562,12 @@ def test_kill_9_with_50_in_flight_loses_nothing(
     lab: PostfixLab, lifecycle: ServeProcess
 ) -> None:
     """SIGKILL with 50 in flight, restart, flush: none lost (counted by outcomes)."""
-    daemon, rcpt = running(lifecycle), recipient("pass.test")
+    kill_9_in_flight(lab, running(lifecycle))
+
+
+def kill_9_in_flight(lab: PostfixLab, daemon: ServeProcess) -> None:
+    """Kill -9 the daemon with IN_FLIGHT messages on their way; check none lost."""
+    rcpt = recipient("pass.test")
     msgids = [message_id() for _ in range(IN_FLIGHT)]
     scanned = len(daemon.rows(front_door="proxy"))
     with ThreadPoolExecutor(1) as pool:
@@ -635,8 +640,7 @@ def lmtp_lab(make_postfix_lab: LabFactory) -> Iterator[PostfixLab]:
 
 
 def test_lmtp_failed_later_group_retried_alone(lmtp_lab: PostfixLab) -> None:
-    """Re-injection fails for the second recipient group only: Postfix defers just
-    that recipient, and after the retry each recipient has exactly one copy."""
+    """Second group's re-injection fails: only it is deferred; one copy each after."""
     msgid, passed, tagged = message_id(), recipient("pass.test"), recipient("tag.test")
     reinjection = Sink().start()  # plays Postfix's smtpd on 10026
     reinjection.handler.data_replies[tagged] = "451 4.3.0 not now"
@@ -669,3 +673,9 @@ def test_lmtp_failed_later_group_retried_alone(lmtp_lab: PostfixLab) -> None:
     assert header(to_passed.data, "X-Phishgate-Verdict").endswith(" action=accept")
     assert header(to_tagged.data, "X-Phishgate-Verdict").endswith(" action=tag")
     assert [r["front_door"] for r in rows] == ["proxy", "proxy"]
+
+
+def test_lmtp_kill_9_with_50_in_flight_loses_nothing(lmtp_lab: PostfixLab) -> None:
+    """The LMTP wiring: SIGKILL with 50 in flight, restart, flush: none lost."""
+    with proxy_daemon(lmtp_lab, lmtp_lab.reinject_port) as daemon:
+        kill_9_in_flight(lmtp_lab, daemon)

@@ -149,8 +149,11 @@ def test_unreachable_server() -> None:
 
 
 class ScriptedServer:
-    """A bare SMTP server: PIPELINING, and a 421 to the first command of the
-    second transaction on its first connection (as a server shutting down)."""
+    """A bare SMTP server offering PIPELINING.
+
+    On its first connection it answers the second transaction's first
+    command with 421 and hangs up, as a server shutting down does.
+    """
 
     def __init__(self) -> None:
         self.connections = 0
