@@ -418,6 +418,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from .drift_cli import drift_command
 
     config = load_config(args.config)
+    if args.baseline:  # writes the baseline into the state directory
+        _as_service_user(config)
     window = time.time() - _parse_since(args.window) if args.window else None
     return drift_command(config, window, args.baseline, args.json)
 
@@ -543,8 +545,9 @@ def _config(args: argparse.Namespace) -> Any:
 def _as_service_user(config: Any) -> None:
     """Run on as the owner of the state directory, when root starts us there.
 
-    ``retrain`` and ``model activate|rollback`` write model folders, the
-    active pointer and its lock under the state directory; written by root,
+    ``retrain``, ``model activate|rollback`` and ``drift --baseline`` write
+    model folders, the active pointer, its lock and the drift baseline under
+    the state directory; written by root,
     the daemon and the retrain service (the ``phishgate`` user) could no
     longer replace them. The config is already read, so it may stay
     root-only.
