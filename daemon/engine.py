@@ -62,6 +62,7 @@ __all__ = [
     "ScanEngine",
     "ThreadEngine",
     "build_scanner",
+    "checked_scanner",
     "make_engine",
 ]
 
@@ -117,6 +118,15 @@ def build_scanner(config: Config, model_dir: Path | None = None) -> Scanner:
         max_urls=limits.max_urls,
     )
     return Scanner(model, extractor, limits)
+
+
+def checked_scanner(config: Config, model_dir: Path | None = None) -> Scanner:
+    """:func:`build_scanner`, refused if it gets any canary message wrong."""
+    scanner = build_scanner(config, model_dir)
+    failures = canary_failures(scanner)
+    if failures:
+        raise ModelError(f"canary check failed: {'; '.join(failures[:3])}")
+    return scanner
 
 
 class ThreadEngine:
@@ -183,11 +193,7 @@ class _Staging:
 
     def _load(self, token: int, config: Config, model_dir: Path, canary: bool) -> None:
         try:
-            scanner = build_scanner(config, model_dir)
-            if canary:
-                failures = canary_failures(scanner)
-                if failures:
-                    raise ModelError(f"canary check failed: {'; '.join(failures[:3])}")
+            scanner = (checked_scanner if canary else build_scanner)(config, model_dir)
         except Exception as exc:  # the daemon refuses the swap with it
             self.send(("stage-failed", (token, exc)))
             return

@@ -215,11 +215,11 @@ class Model:
         booster: lgb.Booster,
         meta: dict[str, Any],
         path: Path,
-        model_text: str | None = None,
+        model_text: str,
     ) -> None:
         self.booster = booster
         self.explainer = PathExplainer(
-            model_text if model_text is not None else booster.model_to_string(),
+            model_text,
             booster.num_feature(),
             len(CLASSES),
             PHISH,

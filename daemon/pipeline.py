@@ -122,13 +122,18 @@ class Pipeline:
     def reconfigure(
         self, config: Config, engine: ScanEngine | Scanner | None = None
     ) -> None:
-        """Swap in a new config (and model); in-flight messages keep the old."""
+        """Swap in a new config (and model); in-flight messages keep the old.
+
+        *engine* may be the running one, after it switched models in place.
+        """
         self.config = config
         self.policy = Policy(config)
         self.reports = _report_desk(config)
         if engine is not None:
             old, self.engine = self.engine, _as_engine(engine)
             self.metrics.set_model(self.engine.model_version)
+            if old is self.engine:
+                return
             if self._scans.get(old):
                 self._retired.add(old)
             else:

@@ -33,12 +33,11 @@ from phishgate.milter import MilterOptions, MilterServer, TempFail
 from phishgate.milter import protocol as milter_protocol
 from phishgate.milter.options import DEFAULT_ACTIONS
 
-from .canary import canary_failures
 from .config import Config, ConfigError, load_config
 from .engine import (
     ProcessEngine,
     ScanEngine,
-    build_scanner,
+    checked_scanner,
     make_engine,
     worker_count,
 )
@@ -50,7 +49,6 @@ from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
 from .reload import ModelWatcher
-from .scanner import Scanner
 from .systemd import notify, ping_watchdog, watchdog_interval
 from .verdictlog import VerdictLog
 
@@ -244,7 +242,7 @@ class Daemon:
             await current.swap(config)
             return current
         scanner = await asyncio.get_running_loop().run_in_executor(
-            None, _checked_scanner, config
+            None, checked_scanner, config
         )
         return await make_engine(config, scanner)
 
@@ -255,11 +253,7 @@ class Daemon:
     def _swap(self, config: Config, engine: ScanEngine, old_version: str) -> None:
         assert self.pipeline is not None  # set by startup()
         self.config = config
-        if engine is self.pipeline.engine:  # switched in place
-            self.pipeline.reconfigure(config)
-            self.metrics.set_model(engine.model_version)
-        else:
-            self.pipeline.reconfigure(config, engine)
+        self.pipeline.reconfigure(config, engine)
         if engine.model_version != old_version:
             self.metrics.model_reloads.labels(result="ok").inc()
         configure_logging(config)
@@ -312,15 +306,6 @@ class Daemon:
 
 RESTART_ONLY = ("milter", "metrics", "proxy")
 """Config sections fixed at startup: the listeners and what they negotiate."""
-
-
-def _checked_scanner(config: Config) -> Scanner:
-    """The configured model, loaded; refused if it gets any canary message wrong."""
-    scanner = build_scanner(config)
-    failures = canary_failures(scanner)
-    if failures:
-        raise ModelError(f"canary check failed: {'; '.join(failures[:3])}")
-    return scanner
 
 
 def _check_reloadable(old: Config, new: Config) -> None:
