@@ -13,7 +13,9 @@ every one has loaded the model before the daemon says it is ready.
 Each worker is joined to the event loop by a socket pair, and a scan is
 one frame each way (the message out, a small result back): no helper
 threads in the daemon, so its event loop never waits for the GIL behind
-them. A scan goes to the ready worker with the fewest scans in flight.
+them. Scans wait in one queue in the daemon and a worker is given the
+next one only when it has finished the last: a message never waits behind
+a large one on a busy worker while another worker is free.
 
 Workers ignore SIGINT and SIGHUP, which a terminal sends to the whole
 process group: the main process decides when they stop (on close it ends
@@ -82,6 +84,8 @@ message, but costs some 0.7 ms of page faults per scan.)"""
 WARMUP_TIMEOUT_S = 120.0
 """Seconds for every worker to start and load the model."""
 IGNORED_IN_WORKERS = (signal.SIGINT, signal.SIGHUP)
+IN_FLIGHT_PER_WORKER = 1
+"""Scans sent to a worker before it answers; the rest wait in the daemon."""
 JOIN_TIMEOUT_S = 10.0
 """Seconds to wait for a worker to exit once its socket is closed."""
 WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -332,20 +336,21 @@ class _Worker:
         return self.process.pid
 
     @property
-    def rank(self) -> tuple[bool, int]:
-        """Sorts ready workers with few scans in flight first."""
-        ready = self.ready.done() and self.ready.exception() is None
-        return not ready, len(self.pending)
+    def free(self) -> bool:
+        """Ready, running and with room for another scan."""
+        return (
+            self.ready.done()
+            and self.ready.exception() is None
+            and not self.task.done()
+            and len(self.pending) < IN_FLIGHT_PER_WORKER
+        )
 
-    async def scan(self, raw: bytes, mail_from: str) -> ScanResult:
-        if self.task.done():
-            raise BrokenProcessPool(f"scan worker {self.pid} is not running")
-        future: asyncio.Future[ScanResult] = asyncio.get_running_loop().create_future()
-        self.pending.append(future)
-        payload = pickle.dumps((raw, mail_from), pickle.HIGHEST_PROTOCOL)
+    def submit(self, job: _Job) -> None:
+        """Send one scan; its answer settles ``job.future``."""
+        self.pending.append(job.future)
+        payload = pickle.dumps((job.raw, job.mail_from), pickle.HIGHEST_PROTOCOL)
         self._write(_FRAME.pack(len(payload)))
         self._write(payload)
-        return await future
 
     def control(self, message: tuple[object, ...]) -> None:
         """Send a swap control frame, in turn with the scans."""
@@ -400,8 +405,10 @@ class _Worker:
                 self._engine.staged(self.slot, kind, value)
             elif self.ready.done():
                 _settle(self.pending.popleft(), kind, value)
+                self._engine.dispatch()
             elif kind == "ready":
                 self.ready.set_result(value)
+                self._engine.dispatch()
             else:
                 self.ready.set_exception(value)
                 self._fail(BrokenProcessPool(f"scan worker could not start: {value}"))
@@ -422,6 +429,19 @@ class _Worker:
             future = self.pending.popleft()
             if not future.done():
                 future.set_exception(error)
+
+
+class _Job:
+    """A scan waiting in the daemon for a free worker."""
+
+    __slots__ = ("future", "mail_from", "raw")
+
+    def __init__(self, raw: bytes, mail_from: str) -> None:
+        self.raw = raw
+        self.mail_from = mail_from
+        self.future: asyncio.Future[ScanResult] = (
+            asyncio.get_running_loop().create_future()
+        )
 
 
 _STARTED: set[_Worker] = set()
@@ -455,8 +475,9 @@ class ProcessEngine:
     """Scans in N spawned worker processes, each holding the same model.
 
     Each worker is connected to the event loop by a socket pair: a scan is
-    one frame out and one frame back, with no threads in between. A scan
-    goes to the worker with the fewest scans in flight.
+    one frame out and one frame back, with no threads in between. Scans
+    queue here, first come first served, and go to whichever worker frees
+    up first.
     """
 
     def __init__(self, config: Config, processes: int) -> None:
@@ -466,6 +487,7 @@ class ProcessEngine:
         self.closing = False
         self.model_version = ""
         self._workers: list[_Worker] = []
+        self._queue: deque[_Job] = deque()
         self._tokens = itertools.count(1)
         self._staging: tuple[int, dict[int, asyncio.Future[str]]] | None = None
 
@@ -506,8 +528,10 @@ class ProcessEngine:
     async def scan(self, raw: bytes, mail_from: str) -> ScanResult:
         if self.closing:
             raise BrokenProcessPool("scan engine closed")
-        worker = min(self._workers, key=lambda w: w.rank)
-        result = await worker.scan(raw, mail_from)
+        job = _Job(raw, mail_from)
+        self._queue.append(job)
+        self.dispatch()
+        result = await job.future
         log.debug(
             "message_id=%s scanned by worker %d in %.1f ms",
             result.message_id or "-",
@@ -546,6 +570,22 @@ class ProcessEngine:
         self.config, self.model_dir, self.model_version = config, model_dir, versions[0]
         log.info("scan workers switched to model %s", self.model_version)
 
+    @property
+    def queued(self) -> int:
+        """Scans waiting for a free worker."""
+        return len(self._queue)
+
+    def dispatch(self) -> None:
+        """Hand queued scans to free workers, oldest first."""
+        queue = self._queue
+        while queue:
+            worker = next((w for w in self._workers if w.free), None)
+            if worker is None:
+                return
+            job = queue.popleft()
+            if not job.future.done():  # its caller gave up (timeout) meanwhile
+                worker.submit(job)
+
     def staged(self, slot: int, kind: str, value: tuple[int | None, object]) -> None:
         """A worker's answer to a stage frame (or its death while staging)."""
         if self._staging is None:
@@ -571,8 +611,21 @@ class ProcessEngine:
         self._workers[dead.slot] = _Worker(self, dead.slot)
 
     def close(self) -> None:
-        """Stop taking work; scans already sent finish, then the workers exit."""
+        """Stop taking work; scans already taken finish, then the workers exit.
+
+        Scans still queued are handed out now, to be answered before the
+        workers see the end of their input.
+        """
         self.closing = True
+        running = [w for w in self._workers if not w.task.done()]
+        while self._queue and running:
+            job = self._queue.popleft()
+            if not job.future.done():
+                min(running, key=lambda w: len(w.pending)).submit(job)
+        while self._queue:  # no worker left to scan them
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(BrokenProcessPool("scan engine closed"))
         for worker in self._workers:
             worker.stop()
 

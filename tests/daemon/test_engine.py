@@ -12,7 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
-from mailfactory import as_bytes, phish, plain
+from mailfactory import as_bytes, html, phish, plain
 from phishgate.daemon.config import parse_config
 from phishgate.daemon.engine import (
     ProcessEngine,
@@ -77,6 +77,60 @@ def test_pipeline_with_worker_processes(
         pipeline.inspect(MessageEnvelope("milter"), as_bytes(phish()))
     )
     assert decision.status == "scanned"
+
+
+def slow_message() -> bytes:
+    """About 3.5 MB of links: a scan of a few tenths of a second."""
+    links = "".join(
+        f'<p>Item {i} <a href="https://shop{i % 500}.example{i % 37}.com/p/{i}">'
+        f"offer {i}</a></p>"
+        for i in range(40_000)
+    )
+    return as_bytes(html(f"<html><body>{links}</body></html>"))
+
+
+def test_small_messages_do_not_wait_behind_a_slow_one(
+    workers: tuple[asyncio.AbstractEventLoop, ProcessEngine],
+) -> None:
+    """While one worker scans a large message, the other takes all the rest."""
+    loop, engine = workers
+    small = [as_bytes(plain()), as_bytes(phish())] * 3
+
+    async def scan_all() -> tuple[ScanResult, list[ScanResult]]:
+        big = asyncio.ensure_future(engine.scan(slow_message(), ""))
+        await asyncio.sleep(0)  # the big one is handed out first
+        results = await asyncio.gather(*(engine.scan(m, "") for m in small))
+        assert not big.done()
+        return await big, results
+
+    big, results = loop.run_until_complete(scan_all())
+    assert big.worker_pid not in {r.worker_pid for r in results}
+    assert engine.queued == 0
+
+
+def test_close_answers_the_scans_still_queued() -> None:
+    """Scans queued for a free worker when the engine closes are still scanned."""
+    loop = asyncio.new_event_loop()
+    try:
+        engine = loop.run_until_complete(make_engine(TWO_WORKERS))
+        assert isinstance(engine, ProcessEngine)
+
+        async def queue_then_close() -> list[ScanResult]:
+            scans = [
+                asyncio.ensure_future(engine.scan(as_bytes(plain()), ""))
+                for _ in range(6)
+            ]
+            await asyncio.sleep(0)
+            assert engine.queued == 4  # one in flight on each worker
+            engine.close()
+            results = await asyncio.gather(*scans)
+            await engine.wait_closed()
+            return results
+
+        results = loop.run_until_complete(queue_then_close())
+        assert [r.verdict.label for r in results] == ["ham"] * 6
+    finally:
+        loop.close()
 
 
 def test_one_worker_scans_in_this_process() -> None:
