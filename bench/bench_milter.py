@@ -23,12 +23,14 @@ The sample is bench_scan.py's: --per-file messages of each corpus file, seed
 Per concurrency it prints messages/s, the latency from EOM written to the
 final reply read (p50, p99, max), errors (timeouts, closed or garbled
 connections, a reply that is not final where one is due, tempfails and
-fail-opens), the daemon's CPU time per message, its peak RSS (VmRSS sampled
+fail-opens), the daemon's CPU time per message, its peak memory (sampled
 every 50 ms) and its own mean scan time per message from its metrics. With
 --runs N every figure is the median of the runs, except errors (summed) and
-RSS (the largest). CPU time and RSS are the whole process tree's: the daemon
-and its scan worker processes (RSS summed, so shared pages count once per
-process).
+memory (the largest). CPU time and memory are the whole process tree's: the
+daemon and its scan worker processes. Memory is given twice: RSS summed over
+the processes (pages they share, such as the libraries, count once per
+process) and PSS summed (each shared page split between the processes that
+map it, the figure ../shared/peers gives for rspamd's processes).
 
 --workers takes a comma list of ``[daemon] workers`` values (numbers or
 "auto"); every run starts one daemon per value in turn, so the settings are
@@ -423,8 +425,22 @@ def tree_cpu_s(pid: int) -> float:
     return sum(proc_cpu_s(p) for p in process_tree(pid))
 
 
-def tree_rss_kib(pid: int) -> int:
-    return sum(proc_status_kib(p, "VmRSS") for p in process_tree(pid))
+def proc_pss_kib(pid: int) -> int:
+    """Proportional set size of a process (/proc/PID/smaps_rollup), 0 if gone."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of the process tree, each summed over its processes."""
+    tree = process_tree(pid)
+    return (
+        sum(proc_status_kib(p, "VmRSS") for p in tree),
+        sum(proc_pss_kib(p) for p in tree),
+    )
 
 
 class Daemon:
@@ -526,6 +542,7 @@ class Phase:
     errors: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
     rss_peak_mib: float = 0.0
+    pss_peak_mib: float = 0.0
     cpu_ms_per_msg: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
 
@@ -587,14 +604,16 @@ async def connection_worker(
             phase.errors[error_kind(exc)] += 1
 
 
-async def sample_rss(pid: int, done: asyncio.Event) -> float:
-    """Peak VmRSS of the process tree in MiB, sampled until ``done`` is set."""
-    peak = 0
-    while not done.is_set():
-        peak = max(peak, tree_rss_kib(pid))
+async def sample_memory(pid: int, done: asyncio.Event) -> tuple[float, float]:
+    """Peak RSS and PSS of the process tree in MiB, until ``done`` is set."""
+    rss = pss = 0
+    while True:
+        now_rss, now_pss = tree_memory_kib(pid)
+        rss, pss = max(rss, now_rss), max(pss, now_pss)
+        if done.is_set():
+            return rss / 1024, pss / 1024
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), RSS_INTERVAL_S)
-    return max(peak, tree_rss_kib(pid)) / 1024
 
 
 async def run_phase(
@@ -604,7 +623,7 @@ async def run_phase(
     phase = Phase(concurrency, messages=len(messages))
     jobs = iter(messages)  # shared: each connection takes the next message
     done = asyncio.Event()
-    sampler = asyncio.create_task(sample_rss(daemon.pid, done))
+    sampler = asyncio.create_task(sample_memory(daemon.pid, done))
     metrics_before = await asyncio.to_thread(daemon.scrape)
     cpu_before = tree_cpu_s(daemon.pid)
     start = time.perf_counter()
@@ -616,7 +635,7 @@ async def run_phase(
     phase.wall_s = time.perf_counter() - start
     phase.cpu_ms_per_msg = (tree_cpu_s(daemon.pid) - cpu_before) * 1000 / len(messages)
     done.set()
-    phase.rss_peak_mib = await sampler
+    phase.rss_peak_mib, phase.pss_peak_mib = await sampler
     metrics_after = await asyncio.to_thread(daemon.scrape)
     phase.stage_ms = stage_means(metrics_before, metrics_after)
     return phase
@@ -655,7 +674,8 @@ def describe(phase: Phase) -> str:
     return (
         f"c={phase.concurrency}: {phase.msgs_per_s:.1f} msgs/s, "
         f"p50 {phase.latency_ms(0.5):.1f} ms, p99 {phase.latency_ms(0.99):.1f} ms, "
-        f"errors {errors}, RSS peak {phase.rss_peak_mib:.0f} MiB"
+        f"errors {errors}, RSS peak {phase.rss_peak_mib:.0f} MiB,"
+        f" PSS peak {phase.pss_peak_mib:.0f} MiB"
     )
 
 
@@ -787,7 +807,7 @@ def report_phishgate(runs: Sequence[Sequence[Phase]]) -> dict[int, float]:
     """Print the table of medians; return the median msgs/s per concurrency."""
     print(
         "conc  msgs/s  p50 ms  p99 ms  max ms  CPU ms/msg  scan ms/msg"
-        "  errors  RSS peak MiB"
+        "  errors  RSS peak MiB  PSS peak MiB"
     )
     rates: dict[int, float] = {}
     for level in zip(*runs, strict=True):
@@ -802,6 +822,7 @@ def report_phishgate(runs: Sequence[Sequence[Phase]]) -> dict[int, float]:
             f"  {median([ph.stage_ms.get('total', 0) for ph in level]):11.2f}"
             f"  {sum(sum(ph.errors.values()) for ph in level):6d}"
             f"  {max(ph.rss_peak_mib for ph in level):12.0f}"
+            f"  {max(ph.pss_peak_mib for ph in level):12.0f}"
         )
     return rates
 
@@ -888,8 +909,12 @@ def report_targets(
     errors = sum(sum(ph.errors.values()) for run in runs for ph in run)
     checks.append((f"{errors} errors", errors == 0))
     rss = max(ph.rss_peak_mib for run in runs for ph in run)
+    pss = max(ph.pss_peak_mib for run in runs for ph in run)
     checks.append(
         (f"RSS {rss:.0f} MiB <= {TARGET_RSS_MIB:.0f} MiB", rss <= TARGET_RSS_MIB)
+    )
+    checks.append(
+        (f"PSS {pss:.0f} MiB <= {TARGET_RSS_MIB:.0f} MiB", pss <= TARGET_RSS_MIB)
     )
     print(
         "targets: "
