@@ -1,10 +1,12 @@
 """phishgate's own quarantine store: raw messages on disk, an index in SQLite.
 
 A message is durable before a front door says so: the file is written
-under a temporary name, fsync'd, renamed into place and its directory
-fsync'd; then the index row is committed. Files are mode 0600 and fan out
-over two levels of 256 directories (``ab/cd/<id>.eml``), which keeps every
-directory small at millions of entries.
+under a temporary name, fsync'd and renamed into place; then its directory
+is fsync'd while the index row is committed (each waits on the disk, so the
+two run side by side: about two disk flushes of latency instead of three).
+Files are mode 0600 and fan out over two levels of 256 directories
+(``ab/cd/<id>.eml``), which keeps every directory small at millions of
+entries.
 
 Schema (table ``quarantine``, same database as the verdict log)::
 
@@ -25,6 +27,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,7 +124,15 @@ class QuarantineStore:
         """Store *raw* durably and index it; returns the entry id."""
         entry_id = new_id()
         path = self.path_for(entry_id)
-        _write_durably(path, raw)
+        _write_file(path, raw)
+        dir_synced = _DIR_SYNC.submit(_sync_dir, path.parent)
+        try:
+            self._index(entry_id, path, fields)
+        finally:
+            dir_synced.result()  # raises the fsync's OSError, if any
+        return entry_id
+
+    def _index(self, entry_id: str, path: Path, fields: dict[str, Any]) -> None:
         now = time.time()
         row = {
             "id": entry_id,
@@ -147,7 +158,6 @@ class QuarantineStore:
                 f"VALUES ({', '.join('?' * len(row))})",
                 list(row.values()),
             )
-        return entry_id
 
     def entries(self, state: str | None = "held") -> Iterator[QuarantineEntry]:
         sql = "SELECT * FROM quarantine"
@@ -212,7 +222,8 @@ def _entry(row: sqlite3.Row) -> QuarantineEntry:
     )
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes) -> None:
+    """Write *path* under a temporary name, fsync it and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -225,11 +236,19 @@ def _write_durably(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make the names in *directory* durable (the rename of a new entry)."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+_DIR_SYNC = ThreadPoolExecutor(2, thread_name_prefix="quarantine-fsync")
+"""Directory fsyncs, run beside the index commit (see the module docstring)."""
 
 
 def store_decision(

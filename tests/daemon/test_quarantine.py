@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 import time
 from pathlib import Path
 
+import pytest
 from mailfactory import as_bytes, phish, plain
 from phishgate.daemon.headers import rewrite_headers
 from phishgate.daemon.labels import record_label
@@ -27,6 +29,38 @@ def test_put_writes_a_private_file_and_an_index_row(tmp_path: Path) -> None:
     assert store.raw(entry) == raw
     assert stat.S_IMODE(entry.path.stat().st_mode) == 0o600
     assert entry.path.parent.parent.parent == tmp_path / "quarantine"
+
+
+def test_put_flushes_the_file_and_its_directory_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message is fsync'd before its row exists; the directory before put ends.
+
+    A failed directory fsync fails the put, so the front door answers 4xx.
+    """
+    store = QuarantineStore(tmp_path)
+    synced: list[tuple[str, bool]] = []  # (what, row already indexed)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if store.root in target.parents:
+            kind = "dir" if target.is_dir() else "file"
+            with sqlite3.connect(store.db_path) as conn:
+                rows = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            synced.append((kind, rows > 0))
+            if kind == "dir" and fail_dir:
+                raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    fail_dir = False
+    store.put(as_bytes(phish()), recipients=["ann@example.org"])
+    assert ("file", False) in synced
+    assert [kind for kind, _ in synced].count("dir") == 1
+    fail_dir = True
+    with pytest.raises(OSError, match="Input/output"):
+        store.put(as_bytes(phish()), recipients=["ann@example.org"])
 
 
 def test_mark_deleted_removes_the_file(tmp_path: Path) -> None:
