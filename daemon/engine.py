@@ -64,6 +64,7 @@ __all__ = [
     "ScanEngine",
     "ThreadEngine",
     "build_scanner",
+    "check_model",
     "checked_scanner",
     "make_engine",
 ]
@@ -133,6 +134,67 @@ def checked_scanner(config: Config, model_dir: Path | None = None) -> Scanner:
     return scanner
 
 
+CHECK_NICENESS = 5
+"""How far below the scans the model check runs (see :func:`check_model`)."""
+CHECK_COMMAND = "from phishgate.daemon.engine import check_main; check_main()"
+
+
+async def check_model(config: Config, model_dir: Path) -> str:
+    """Load the model in *model_dir* and run the canary set; return its version.
+
+    It runs in a fresh process at a lower CPU priority: the scans in flight
+    lose little to it, and a model file that crashes LightGBM's loader
+    takes down only that process. Raises :class:`ModelError` with the
+    reason the model is refused.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHECK_COMMAND,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **WORKER_ENVIRONMENT},
+    )
+    request = pickle.dumps((config, model_dir), pickle.HIGHEST_PROTOCOL)
+    try:
+        out, err = await asyncio.wait_for(
+            process.communicate(request), WARMUP_TIMEOUT_S
+        )
+    except BaseException:  # timed out or cancelled: the check must not linger
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    try:
+        kind, value = pickle.loads(out)
+    except Exception:  # it died before answering (crash, killed, out of memory)
+        detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        raise ModelError(
+            f"model check process ended with status {process.returncode}"
+            f" {detail[0]}".rstrip()
+        ) from None
+    if kind != "ok":
+        raise ModelError(str(value))
+    return str(value)
+
+
+def check_main() -> None:
+    """The model check process: (config, folder) in on stdin, a verdict out."""
+    os.nice(CHECK_NICENESS)
+    tune_malloc()
+    config, model_dir = pickle.load(sys.stdin.buffer)
+    try:
+        reply: tuple[str, str] = (
+            "ok",
+            checked_scanner(config, model_dir).model.version,
+        )
+    except Exception as exc:  # the daemon refuses the model with this text
+        reply = ("error", str(exc) or type(exc).__name__)
+    sys.stdout.buffer.write(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+    sys.stdout.flush()
+
+
 class ThreadEngine:
     """Scans in a small thread pool of this process.
 
@@ -167,13 +229,14 @@ class ThreadEngine:
 # worker answers, in order, ("ok", ScanResult) or ("error", exception). Its
 # first frame is ("ready", (pid, model version)) or ("error", why not).
 #
-# A model swap is two control frames. ("stage", token, config, folder,
-# canary) loads the new model in a thread of the worker while it goes on
-# scanning with the old one, and answers out of turn with ("staged",
-# (token, version)) or ("stage-failed", (token, exception)). Once every
-# worker has staged it, ("commit", token) makes it the one used, between
-# two scans: what was sent before the commit is scanned on the old model,
-# what comes after on the new one. ("drop", token) forgets a staged model.
+# A model swap is two control frames. ("stage", token, config, folder)
+# loads the new model (already checked by check_model) in a thread of the
+# worker while it goes on scanning with the old one, and answers out of
+# turn with ("staged", (token, version)) or ("stage-failed", (token,
+# exception)). Once every worker has staged it, ("commit", token) makes
+# it the one used, between two scans: what was sent before the commit is
+# scanned on the old model, what comes after on the new one. ("drop",
+# token) forgets a staged model.
 
 _FRAME = struct.Struct("!I")
 STAGE_REPLIES = frozenset(("staged", "stage-failed"))
@@ -187,17 +250,17 @@ class _Staging:
         self.ready: dict[int, Scanner] = {}
         self._lock = threading.Lock()
 
-    def start(self, token: int, config: Config, model_dir: Path, canary: bool) -> None:
+    def start(self, token: int, config: Config, model_dir: Path) -> None:
         threading.Thread(
             target=self._load,
-            args=(token, config, model_dir, canary),
+            args=(token, config, model_dir),
             name="stage-model",
             daemon=True,
         ).start()
 
-    def _load(self, token: int, config: Config, model_dir: Path, canary: bool) -> None:
+    def _load(self, token: int, config: Config, model_dir: Path) -> None:
         try:
-            scanner = (checked_scanner if canary else build_scanner)(config, model_dir)
+            scanner = build_scanner(config, model_dir)
         except Exception as exc:  # the daemon refuses the swap with it
             self.send(("stage-failed", (token, exc)))
             return
@@ -543,22 +606,28 @@ class ProcessEngine:
     async def swap(self, config: Config) -> None:
         """Serve the model *config* names, in the same workers; no restart.
 
-        Every worker loads it beside the one in use and goes on scanning
-        meanwhile (one of them also checks the canary set); only when all
-        have it do they switch, each between two scans. If any cannot load
-        it, none switches and this raises why.
+        A low-priority process first loads it and checks it on the canary
+        set (:func:`check_model`); then each worker in turn loads it beside
+        the one in use, scanning meanwhile; only when all have it do they
+        switch, each between two scans. If any cannot load it, none
+        switches and this raises why.
         """
         model_dir = serving_model_dir(config)
+        await check_model(config, model_dir)
         token = next(self._tokens)
         loop = asyncio.get_running_loop()
         waiting = {w.slot: loop.create_future() for w in self._workers}
         self._staging = (token, waiting)
-        for worker in self._workers:
-            worker.control(("stage", token, config, model_dir, worker.slot == 0))
+        versions = []
         try:
-            versions = await asyncio.wait_for(
-                asyncio.gather(*waiting.values()), WARMUP_TIMEOUT_S
-            )
+            # One worker at a time: the others scan at full speed meanwhile.
+            for worker in list(self._workers):
+                worker.control(("stage", token, config, model_dir))
+                versions.append(
+                    await asyncio.wait_for(
+                        asyncio.shield(waiting[worker.slot]), WARMUP_TIMEOUT_S
+                    )
+                )
         except BaseException:
             for worker in self._workers:
                 worker.control(("drop", token))

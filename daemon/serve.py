@@ -37,13 +37,15 @@ from .config import Config, ConfigError, load_config
 from .engine import (
     ProcessEngine,
     ScanEngine,
-    checked_scanner,
+    build_scanner,
+    check_model,
     make_engine,
     worker_count,
 )
 from .metrics import Metrics
 from .milterfront import MilterFrontDoor
 from .model import ModelError
+from .models_dir import serving_model_dir
 from .monitor import Monitor
 from .pipeline import Pipeline
 from .proxy import ProxyHandler, ProxyServer
@@ -230,8 +232,8 @@ class Daemon:
 
         Worker processes load it beside the old one and switch in place
         (starting new processes would take seconds of CPU from the scans in
-        flight); otherwise it is loaded and checked in a thread here, while
-        the loop keeps serving mail.
+        flight); otherwise it is checked in a low-priority process of its
+        own, then loaded in a thread here while the loop keeps serving mail.
         """
         assert self.pipeline is not None
         current = self.pipeline.engine
@@ -241,8 +243,9 @@ class Daemon:
         ):
             await current.swap(config)
             return current
+        await check_model(config, serving_model_dir(config))
         scanner = await asyncio.get_running_loop().run_in_executor(
-            None, checked_scanner, config
+            None, build_scanner, config
         )
         return await make_engine(config, scanner)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from phishgate.daemon.engine import (
     ProcessEngine,
     ThreadEngine,
     build_scanner,
+    check_model,
     make_engine,
     worker_count,
 )
@@ -251,3 +253,29 @@ def test_swap_in_place_switches_between_scans(tmp_path: Path) -> None:
     before, after, still = asyncio.run(run())
     assert set(after) == set(still) == {"swapped-1"}
     assert before == [_bundled_version()] * 6  # sent before the commit frame
+
+
+def test_check_model_runs_the_canary_in_a_process_of_its_own(tmp_path: Path) -> None:
+    """The bundled model passes; one that flags all mail is refused, with why."""
+    config = parse_config("", "t")
+    version = asyncio.run(check_model(config, default_model_dir()))
+    assert version == build_scanner(config).model.version
+    flagging = tmp_path / "flags-everything"
+    shutil.copytree(default_model_dir(), flagging)
+    meta = json.loads((flagging / "meta.json").read_text())
+    meta["thresholds"] = {"tag": 1e-9, "quarantine": 1e-9, "reject": 1e-9}
+    (flagging / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"canary check failed: .*ham scored"):
+        asyncio.run(check_model(config, flagging))
+
+
+def test_check_model_survives_a_checker_that_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loader that kills its process refuses the model; the caller lives on."""
+    monkeypatch.setattr(
+        "phishgate.daemon.engine.CHECK_COMMAND",
+        "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+    )
+    with pytest.raises(ModelError, match="ended with status -11"):
+        asyncio.run(check_model(parse_config("", "t"), default_model_dir()))
