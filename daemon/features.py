@@ -658,7 +658,7 @@ def _text_features(text: str, words: list[str], values: dict[str, float]) -> Non
     for name, count in brands.lexicon_counts(words).items():
         values[f"lex_{name}"] = count
     values["text_money"] = len(_MONEY.findall(text))
-    values["text_unsubscribe"] = float(bool(brands.UNSUBSCRIBE.search(text)))
+    values["text_unsubscribe"] = float(brands.mentions_unsubscribe(text))
     values["text_zero_width"] = len(_ZERO_WIDTH.findall(text))
     values["text_bidi"] = len(_BIDI.findall(text))
     lines = text.count("\n") + 1
@@ -674,7 +674,10 @@ _CHAR_SPAN = 400
 
 def _words(text: str) -> list[str]:
     """Body words with addresses and URLs replaced by placeholder tokens."""
-    cleaned = _URL.sub(" urltoken ", _EMAIL.sub(" emailtoken ", text))
+    # Each substitution only where it can match: both scan the whole body.
+    cleaned = _EMAIL.sub(" emailtoken ", text) if "@" in text else text
+    if "://" in cleaned or "www." in cleaned.lower():
+        cleaned = _URL.sub(" urltoken ", cleaned)
     return brands.words_of(cleaned)[:MAX_WORDS]
 
 
