@@ -451,9 +451,7 @@ def _url_features(
         bool(_ACTION_TEXT.search(link.text)) for link, _ in infos
     )
     values["url_unsubscribe"] = sum(
-        bool(
-            brands.UNSUBSCRIBE.search(link.text) or brands.UNSUBSCRIBE.search(link.url)
-        )
+        brands.mentions_unsubscribe(link.text) or brands.mentions_unsubscribe(link.url)
         for link, _ in infos
     )
     values["url_shortener"] = sum(is_shortener(info) for _, info in infos)

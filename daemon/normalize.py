@@ -117,9 +117,20 @@ _QUOTED_FOOTER = re.compile(
 )
 
 
+_RULE = "_" * 20
+"""Every Mailman footer pattern needs this rule; Google's need _GROUPS."""
+_GROUPS = "You received this message because you are subscribed to"
+
+
 def strip_list_footers(text: str) -> str:
     """Remove mailing-list footers (Google Groups, Mailman) from body text."""
-    text = _QUOTED_FOOTER.sub("", text)
-    for pattern in _FOOTERS:
-        text = pattern.sub("", text)
+    # A pattern runs only where its fixed part occurs: each is a scan of the
+    # whole body, and most bodies have neither.
+    if _RULE in text:
+        text = _QUOTED_FOOTER.sub("", text)
+    if _GROUPS in text:
+        for pattern in _FOOTERS[:2]:
+            text = pattern.sub("", text)
+    if _RULE in text:
+        text = _FOOTERS[2].sub("", text)
     return text
