@@ -181,7 +181,8 @@ async def check_model(config: Config, model_dir: Path) -> str:
 
 def check_main() -> None:
     """The model check process: (config, folder) in on stdin, a verdict out."""
-    os.nice(CHECK_NICENESS)
+    with contextlib.suppress(OSError):  # a sandbox may forbid it; check anyway
+        os.nice(CHECK_NICENESS)
     tune_malloc()
     config, model_dir = pickle.load(sys.stdin.buffer)
     try:

@@ -89,11 +89,16 @@ def sandbox() -> list[str]:
 
 
 def test_the_sandbox_refuses_what_the_unit_forbids(sandbox: list[str]) -> None:
-    """Under the wrapper, W+X memory and a call from @resources fail with EPERM."""
+    """Under the wrapper, W+X memory and a call from @resources fail with EPERM.
+
+    setpriority, which the unit allows back (the model check lowers its own
+    priority), goes through.
+    """
     probe = (
         "import mmap, os\n"
         "for name, call in (\n"
         "    ('wx', lambda: mmap.mmap(-1, 4096, prot=7)),\n"
+        "    ('affinity', lambda: os.sched_setaffinity(0, os.sched_getaffinity(0))),\n"
         "    ('nice', lambda: os.setpriority(os.PRIO_PROCESS, 0, 5)),\n"
         "):\n"
         "    try:\n"
@@ -108,7 +113,12 @@ def test_the_sandbox_refuses_what_the_unit_forbids(sandbox: list[str]) -> None:
         text=True,
         check=True,
     )
-    assert done.stdout.split("\n") == ["wx refused", "nice refused", ""]
+    assert done.stdout.split("\n") == [
+        "wx refused",
+        "affinity refused",
+        "nice allowed",
+        "",
+    ]
 
 
 @pytest.fixture
