@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 from mailfactory import as_bytes, phish
 from phishgate.daemon.labels import record_label
-from phishgate.daemon.verdictlog import DB_NAME, VerdictLog, make_row, read_verdicts
+from phishgate.daemon.verdictlog import (
+    BATCH_ROWS,
+    BATCH_SECONDS,
+    DB_NAME,
+    VerdictLog,
+    make_row,
+    read_verdicts,
+)
 
 
 def _log_two(state: Path) -> None:
@@ -31,6 +39,30 @@ def test_rows_are_written_and_read_back(tmp_path: Path) -> None:
     assert all(r["label"] is None for r in rows)
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rows_land_while_the_daemon_runs(tmp_path: Path) -> None:
+    """Without a close, the writer's clock flushes every row, in batches."""
+    log = VerdictLog(tmp_path)
+    log.start()
+    try:
+        for n in range(BATCH_ROWS * 2 + 5):
+            log.record(make_row(message_id=f"<{n}@x>", action="accept", phish=0.0))
+        deadline = time.monotonic() + 10 * BATCH_SECONDS + 5
+        while log.written < BATCH_ROWS * 2 + 5 and time.monotonic() < deadline:
+            time.sleep(BATCH_SECONDS / 2)
+        assert log.written == BATCH_ROWS * 2 + 5
+        assert len(list(read_verdicts(tmp_path / DB_NAME, limit=1000))) == log.written
+    finally:
+        log.close()
+
+
+def test_close_writes_rows_of_a_log_never_started(tmp_path: Path) -> None:
+    """A tool that records and closes without the writer thread loses nothing."""
+    log = VerdictLog(tmp_path)
+    log.record(make_row(message_id="<only@x>", action="accept", phish=0.0))
+    log.close()
+    assert [r["message_id"] for r in read_verdicts(tmp_path / DB_NAME)] == ["<only@x>"]
 
 
 def test_labels_appear_and_admin_wins(tmp_path: Path) -> None:
