@@ -34,9 +34,10 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 __all__ = ["VerdictLog", "read_verdicts", "winning_labels"]
 
@@ -61,6 +62,11 @@ def open_db(path: Path) -> sqlite_utils.Database:
     """Open (creating if needed) the database with WAL and the schema."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+    # Imported here: scan workers import this module (for DB_NAME, through
+    # drift) but never write, and sqlite-utils with its CLI dependencies is
+    # some 10 MB per process.
+    import sqlite_utils
+
     db = sqlite_utils.Database(conn)
     db.enable_wal()
     table = db.table("verdicts")
