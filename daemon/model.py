@@ -9,7 +9,10 @@ A model is refused when its schema version or checksum does not match.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -22,9 +25,10 @@ import numpy as np
 from .features import FEATURE_NAMES, SCHEMA_VERSION, Features
 
 if TYPE_CHECKING:
-    # Imported where a model is loaded: the daemon's main process, which
-    # leaves scanning to worker processes, never needs LightGBM (nor the
-    # SciPy it pulls in, some 30 MB).
+    # Imported only for training and tests (Model.booster): scanning calls
+    # LightGBM's C library directly (NativeBooster), so the daemon and its
+    # workers never load LightGBM's Python package nor the SciPy it pulls
+    # in (about 20 MB per process).
     import lightgbm as lgb
 
 __all__ = [
@@ -207,28 +211,122 @@ def _leaf_paths(fields: dict[str, str]) -> dict[int, tuple[list[int], list[float
     return table
 
 
+# LightGBM's C API (c_api.h): the constants and calls NativeBooster uses.
+_DTYPE_FLOAT64 = 1
+_PREDICT_NORMAL = 0
+_PREDICT_LEAF_INDEX = 2
+
+
+@functools.cache
+def _lightgbm_library() -> ctypes.CDLL:
+    """``lib_lightgbm.so`` from the installed lightgbm package, not imported."""
+    spec = importlib.util.find_spec("lightgbm")
+    if spec is None or spec.origin is None:
+        raise ModelError("the lightgbm package is not installed")
+    folder = Path(spec.origin).parent
+    for candidate in (folder / "lib" / "lib_lightgbm.so", folder / "lib_lightgbm.so"):
+        if candidate.is_file():
+            lib = ctypes.CDLL(str(candidate))
+            lib.LGBM_GetLastError.restype = ctypes.c_char_p
+            return lib
+    raise ModelError(f"lib_lightgbm.so not found in {folder}")
+
+
+class NativeBooster:
+    """A LightGBM model held by LightGBM's C library, called through ctypes.
+
+    The daemon only predicts, one message at a time; LightGBM's Python
+    package would add SciPy and its own wrappers to every scanning process
+    for that. The calls release the GIL, as the package's do.
+    """
+
+    def __init__(self, model_text: str) -> None:
+        self._lib = lib = _lightgbm_library()
+        self._handle = ctypes.c_void_p()
+        iterations = ctypes.c_int()
+        self._call(
+            lib.LGBM_BoosterLoadModelFromString(
+                model_text.encode("utf-8"),
+                ctypes.byref(iterations),
+                ctypes.byref(self._handle),
+            )
+        )
+        value = ctypes.c_int()
+        self._call(lib.LGBM_BoosterGetNumFeature(self._handle, ctypes.byref(value)))
+        self.num_feature = value.value
+        self._call(lib.LGBM_BoosterGetNumClasses(self._handle, ctypes.byref(value)))
+        self.num_class = value.value
+        self._call(
+            lib.LGBM_BoosterNumModelPerIteration(self._handle, ctypes.byref(value))
+        )
+        self.num_trees = value.value * iterations.value
+
+    def _call(self, status: int) -> None:
+        if status != 0:
+            raise ModelError(self._lib.LGBM_GetLastError().decode("utf-8", "replace"))
+
+    def predict(self, matrix: np.ndarray, *, leaves: bool = False) -> np.ndarray:
+        """Class probabilities (rows x classes), or leaf indices (rows x trees)."""
+        data = np.ascontiguousarray(matrix, dtype=np.float64)
+        rows, columns = data.shape
+        width = self.num_trees if leaves else self.num_class
+        out = np.empty((rows, width), dtype=np.float64)
+        written = ctypes.c_int64()
+        self._call(
+            self._lib.LGBM_BoosterPredictForMat(
+                self._handle,
+                data.ctypes.data_as(ctypes.c_void_p),
+                ctypes.c_int(_DTYPE_FLOAT64),
+                ctypes.c_int32(rows),
+                ctypes.c_int32(columns),
+                ctypes.c_int(1),  # row major
+                ctypes.c_int(_PREDICT_LEAF_INDEX if leaves else _PREDICT_NORMAL),
+                ctypes.c_int(0),  # from the first iteration
+                ctypes.c_int(-1),  # to the last
+                b"num_threads=1",
+                ctypes.byref(written),
+                out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+            )
+        )
+        if written.value != out.size:
+            raise ModelError(f"LightGBM wrote {written.value} values, not {out.size}")
+        return out
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.LGBM_BoosterFree(self._handle)
+
+
+def _split_features(model_text: str) -> set[int]:
+    """Indices of the features any tree of a LightGBM text model splits on."""
+    used: set[int] = set()
+    for line in model_text.split("\nend of trees", 1)[0].splitlines():
+        if line.startswith("split_feature="):
+            used.update(int(v) for v in line[len("split_feature=") :].split())
+    return used
+
+
 class Model:
     """A loaded, checked model that turns features into verdicts."""
 
     def __init__(
         self,
-        booster: lgb.Booster,
+        native: NativeBooster,
         meta: dict[str, Any],
         path: Path,
         model_text: str,
     ) -> None:
-        self.booster = booster
+        self.native = native
+        self.model_text = model_text
         self.explainer = PathExplainer(
             model_text,
-            booster.num_feature(),
+            native.num_feature,
             len(CLASSES),
             PHISH,
         )
-        splits = booster.feature_importance(importance_type="split")
         self.uses_text_hashing = any(
-            count > 0
-            for name, count in zip(FEATURE_NAMES, splits, strict=True)
-            if name.startswith(("word_", "bigram_", "char_"))
+            FEATURE_NAMES[index].startswith(("word_", "bigram_", "char_"))
+            for index in _split_features(model_text)
         )
         self.meta = meta
         self.path = path
@@ -249,35 +347,42 @@ class Model:
         data = model_file.read_bytes()  # one read for the checksum and the parse
         if hashlib.sha256(data).hexdigest() != meta.get("model_sha256"):
             raise ModelError(f"{model_file}: checksum does not match {META_FILE}")
-        import lightgbm as lgb  # lazy: see the TYPE_CHECKING import above
-
         try:
             text = data.decode("utf-8")
-            booster = lgb.Booster(model_str=text)
-        except (UnicodeDecodeError, lgb.basic.LightGBMError) as exc:
+            native = NativeBooster(text)
+        except (UnicodeDecodeError, ModelError) as exc:
             raise ModelError(f"{model_file}: {exc}") from exc
-        if booster.num_feature() != len(FEATURE_NAMES):
+        if native.num_feature != len(FEATURE_NAMES):
             raise ModelError(
-                f"{model_file}: {booster.num_feature()} features, "
+                f"{model_file}: {native.num_feature} features, "
                 f"schema has {len(FEATURE_NAMES)}"
             )
-        return cls(booster, meta, directory, text)
+        if native.num_class != len(CLASSES):
+            raise ModelError(
+                f"{model_file}: {native.num_class} classes, not {len(CLASSES)}"
+            )
+        return cls(native, meta, directory, text)
+
+    @functools.cached_property
+    def booster(self) -> lgb.Booster:
+        """The same model as a LightGBM Python ``Booster`` (training, tests)."""
+        import lightgbm as lgb  # lazy: see the TYPE_CHECKING import above
+
+        return lgb.Booster(model_str=self.model_text)
 
     def score(self, features: list[Features]) -> list[Verdict]:
         """Verdicts for a batch of feature vectors, with reasons."""
         if not features:
             return []
         matrix = np.vstack([f.values for f in features]).astype(np.float64)
-        probs = np.asarray(self.booster.predict(matrix, num_threads=1))
+        probs = self.native.predict(matrix)
         reasons: list[tuple[str, ...]] = [() for _ in features]
         # Reasons only where they will be shown: most mail is clean, and the
         # leaf lookup and path walk are a third of the model's cost.
         suspicious = np.flatnonzero(probs[:, PHISH] >= MIN_REASON_PROBABILITY)
         if len(suspicious):
-            leaves = self.booster.predict(
-                matrix[suspicious], pred_leaf=True, num_threads=1
-            )
-            for row, index in zip(np.asarray(leaves), suspicious, strict=True):
+            leaves = self.native.predict(matrix[suspicious], leaves=True)
+            for row, index in zip(leaves, suspicious, strict=True):
                 contrib = self.explainer.contributions(row)
                 reasons[index] = reasons_for(contrib, features[index].facts)
         return [

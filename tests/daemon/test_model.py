@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +139,37 @@ def test_every_feature_has_reason_wording() -> None:
     from phishgate.daemon.model import REASON_TEXT, reason_family
 
     assert {reason_family(n) for n in FEATURE_NAMES} - set(REASON_TEXT) == set()
+
+
+def test_scanning_calls_lightgbm_without_its_python_package() -> None:
+    """Load and scan in a fresh interpreter: neither lightgbm nor SciPy imported.
+
+    The C library gives the same probabilities as LightGBM's own Booster.
+    """
+    probe = (
+        "import sys\n"
+        "from phishgate.daemon.model import Model\n"
+        "from phishgate.daemon.scanner import Scanner\n"
+        "verdict = Scanner(Model.load()).scan(sys.stdin.buffer.read()).verdict\n"
+        "print(verdict.phish, 'lightgbm' in sys.modules, 'scipy' in sys.modules)\n"
+    )
+    raw = as_bytes(phish())
+    done = subprocess.run(
+        [sys.executable, "-c", probe], input=raw, capture_output=True, check=True
+    )
+    phish_score, lightgbm_loaded, scipy_loaded = done.stdout.split()
+    assert (lightgbm_loaded, scipy_loaded) == (b"False", b"False")
+    model = Model.load()
+    x = Scanner(model).features(raw).values.reshape(1, -1).astype(np.float64)
+    assert float(phish_score) == pytest.approx(model.booster.predict(x)[0][PHISH])
+
+
+def test_a_model_text_lightgbm_cannot_read_is_refused(model_copy: Path) -> None:
+    """Garbage with a matching checksum: LightGBM's own error, as a ModelError."""
+    garbage = b"tree\nversion=v4\nnum_class=three\n"
+    (model_copy / "model.txt").write_bytes(garbage)
+    meta = json.loads((model_copy / "meta.json").read_text())
+    meta["model_sha256"] = hashlib.sha256(garbage).hexdigest()
+    (model_copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"model\.txt: "):
+        Model.load(model_copy)
