@@ -24,6 +24,7 @@ from phishgate.training.select import validate
 from phishgate.training.train import (
     TrainConfig,
     fit,
+    pick_thresholds,
     refresh_feature_references,
     train_and_write,
 )
@@ -236,6 +237,15 @@ def test_threshold_at_fpr() -> None:
     t = threshold_at_fpr(ham, 0.01)
     assert np.mean(ham >= t) <= 0.01
     assert np.mean(ham >= np.nextafter(t, 0) - 0.002) > 0.01
+
+
+def test_thresholds_follow_the_policy() -> None:
+    """Tag passes 1 %, quarantine 0.5 % of left-out ham; reject sits above it all."""
+    ham = np.random.default_rng(3).beta(1.0, 6.0, 20_000)
+    thresholds = pick_thresholds(ham)
+    assert np.mean(ham >= thresholds["tag"]) == pytest.approx(0.01, abs=0.002)
+    assert np.mean(ham >= thresholds["quarantine"]) == pytest.approx(0.005, abs=0.001)
+    assert thresholds["reject"] >= round(float(ham.max()), 6)
 
 
 def test_roc_auc_known_values() -> None:
