@@ -1,7 +1,7 @@
 """Policy: turn a verdict into an action, with lists and per-domain thresholds.
 
 Thresholds come from ``[policy]`` when set, else from the model's metadata
-(chosen on validation data for 1 % and 0.1 % ham false positives).
+(chosen on validation data for 1 % and 0.5 % ham false positives).
 Recipient-domain overrides (``[[policy.domains]]``) apply per recipient;
 a front door that cannot split a message (the milter) takes the most
 protective action over its recipients.

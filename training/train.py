@@ -57,7 +57,7 @@ PARAMS: dict[str, Any] = {
 }
 # Default thresholds, as ham false-positive rates on left-out ham sources.
 TAG_FPR = 0.01
-QUARANTINE_FPR = 0.001
+QUARANTINE_FPR = 0.005
 MIN_FOLD_HAM = 100
 # Share of plain-text training ham given an HTML twin (see augment.py); the
 # one default for TrainConfig and `phishgate train`.
@@ -79,6 +79,12 @@ CONFOUNDED_FEATURES: tuple[str, ...] = (
     # all modern training ham is list mail, whose envelope sender is the
     # list's bounce address, so "Return-Path matches From" looked like phish
     "return_path_mismatch",
+    # "click here", "update", "account", "auth" in link texts and URLs: in
+    # 57 % of the 2004-05 phish, 6-20 % of the 2019-23 phish, and in the
+    # preference and opt-out links of 8-10 % of TREC 2007 ham (newsletters,
+    # stock alerts), which held out scored like phish because of them
+    "url_login_words",
+    "url_action_text",
 )
 # The hashed n-grams learn which mailing list (topic) a ham message came
 # from; leave-source-out and held-out tests are better without them.
@@ -192,7 +198,7 @@ def leave_source_out(ds: Dataset, config: TrainConfig) -> dict[str, Any]:
 
 
 def pick_thresholds(oof_ham: np.ndarray) -> dict[str, float]:
-    """Tag at 1 %, quarantine at 0.1 % left-out ham FPR; reject above all ham."""
+    """Tag at 1 %, quarantine at 0.5 % left-out ham FPR; reject above all ham."""
     if len(oof_ham) == 0:
         return {"tag": 0.5, "quarantine": 0.9, "reject": 0.99}
     tag = smoothed_threshold(oof_ham, TAG_FPR)

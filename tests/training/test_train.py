@@ -12,18 +12,21 @@ import json
 import random
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 from mailfactory import as_bytes, html, plain
 from phishgate.daemon.drift import DRIFT_FEATURE_NAMES
-from phishgate.daemon.model import Model
+from phishgate.daemon.model import MODEL_FILE, Model, default_model_dir
 from phishgate.daemon.scanner import Scanner
 from phishgate.training.dataset import CorpusSpec, load_corpora
 from phishgate.training.metrics import roc_auc, threshold_at_fpr
 from phishgate.training.select import validate
 from phishgate.training.train import (
     TrainConfig,
+    excluded_features,
     fit,
+    pick_thresholds,
     refresh_feature_references,
     train_and_write,
 )
@@ -236,6 +239,25 @@ def test_threshold_at_fpr() -> None:
     t = threshold_at_fpr(ham, 0.01)
     assert np.mean(ham >= t) <= 0.01
     assert np.mean(ham >= np.nextafter(t, 0) - 0.002) > 0.01
+
+
+def test_thresholds_follow_the_policy() -> None:
+    """Tag passes 1 %, quarantine 0.5 % of left-out ham; reject sits above it all."""
+    ham = np.random.default_rng(3).beta(1.0, 6.0, 20_000)
+    thresholds = pick_thresholds(ham)
+    assert np.mean(ham >= thresholds["tag"]) == pytest.approx(0.01, abs=0.002)
+    assert np.mean(ham >= thresholds["quarantine"]) == pytest.approx(0.005, abs=0.001)
+    assert thresholds["reject"] >= round(float(ham.max()), 6)
+
+
+def test_bundled_model_never_splits_on_excluded_features() -> None:
+    """The shipped trees use none of the columns training must not learn from."""
+    booster = lgb.Booster(model_file=str(default_model_dir() / MODEL_FILE))
+    splits = dict(
+        zip(booster.feature_name(), booster.feature_importance(), strict=True)
+    )
+    assert {name for name in excluded_features() if splits[name]} == set()
+    assert {"url_login_words", "url_action_text"} <= set(excluded_features())
 
 
 def test_roc_auc_known_values() -> None:
