@@ -79,12 +79,6 @@ CONFOUNDED_FEATURES: tuple[str, ...] = (
     # all modern training ham is list mail, whose envelope sender is the
     # list's bounce address, so "Return-Path matches From" looked like phish
     "return_path_mismatch",
-    # "click here", "update", "account", "auth" in link texts and URLs: in
-    # 57 % of the 2004-05 phish, 6-20 % of the 2019-23 phish, and in the
-    # preference and opt-out links of 8-10 % of TREC 2007 ham (newsletters,
-    # stock alerts), which held out scored like phish because of them
-    "url_login_words",
-    "url_action_text",
 )
 # The hashed n-grams learn which mailing list (topic) a ham message came
 # from; leave-source-out and held-out tests are better without them.
