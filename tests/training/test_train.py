@@ -257,7 +257,7 @@ def test_bundled_model_never_splits_on_excluded_features() -> None:
         zip(booster.feature_name(), booster.feature_importance(), strict=True)
     )
     assert {name for name in excluded_features() if splits[name]} == set()
-    assert {"url_login_words", "url_action_text"} <= set(excluded_features())
+    assert {"html_present", "url_http_frac"} <= set(excluded_features())
 
 
 def test_roc_auc_known_values() -> None:
