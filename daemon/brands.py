@@ -6,7 +6,9 @@ decides how much each matters.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections import Counter
 
 # Brand name -> domains the brand really sends from or links to.
 BRANDS: dict[str, tuple[str, ...]] = {
@@ -271,16 +273,26 @@ def lexicon_counts(words: list[str]) -> dict[str, int]:
     "within hours").
     """
     counts = dict.fromkeys(LEXICONS, 0)
-    for i, word in enumerate(words):
-        for category in _EXACT.get(word, ()):
-            counts[category] += 1
-        for stem, category in _PREFIXES.get(word[:2], ()):
-            if word.startswith(stem):
-                counts[category] += 1
-        for tokens, prefix, category in _PHRASES.get(word, ()):
-            if _matches(words, i, tokens, prefix):
-                counts[category] += 1
+    # Each distinct word once: a body repeats most of its words.
+    for word, times in Counter(words).items():
+        for category in _word_categories(word):
+            counts[category] += times
+        if phrases := _PHRASES.get(word):
+            at = -1
+            for _ in range(times):
+                at = words.index(word, at + 1)
+                for tokens, prefix, category in phrases:
+                    if _matches(words, at, tokens, prefix):
+                        counts[category] += 1
     return counts
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_categories(word: str) -> tuple[str, ...]:
+    """The categories one word counts for by itself (exact, or by prefix)."""
+    found = list(_EXACT.get(word, ()))
+    found += [c for stem, c in _PREFIXES.get(word[:2], ()) if word.startswith(stem)]
+    return tuple(found)
 
 
 def _matches(words: list[str], i: int, tokens: tuple[str, ...], prefix: bool) -> bool:
