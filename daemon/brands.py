@@ -216,7 +216,15 @@ the first letters, about eight times faster on whole message bodies."""
 
 def mentions_unsubscribe(text: str) -> bool:
     """Whether *text* offers to unsubscribe (UNSUBSCRIBE, case-insensitive)."""
+    if any(letter in text for letter in _FOLDED_OTHERWISE):
+        return UNSUBSCRIBE.search(text) is not None
     return _UNSUBSCRIBE_LOWER.search(text.lower()) is not None
+
+
+_FOLDED_OTHERWISE = ("\u0130", "\u0131", "\u017f")
+"""The letters re.I matches to the pattern's letters where str.lower() does
+not (capital I with a dot and dotless i to i, long s to s; found by trying
+every code point)."""
 
 
 _TOKEN = re.compile(r"[^\W\d_]{2,24}")

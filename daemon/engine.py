@@ -161,10 +161,14 @@ async def check_model(config: Config, model_dir: Path) -> str:
         out, err = await asyncio.wait_for(
             process.communicate(request), WARMUP_TIMEOUT_S
         )
-    except BaseException:  # timed out or cancelled: the check must not linger
+    except BaseException as exc:  # timed out or cancelled: it must not linger
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+        if isinstance(exc, TimeoutError):
+            raise ModelError(
+                f"model check took more than {WARMUP_TIMEOUT_S:.0f} s"
+            ) from None
         raise
     try:
         kind, value = pickle.loads(out)
@@ -180,7 +184,15 @@ async def check_model(config: Config, model_dir: Path) -> str:
 
 
 def check_main() -> None:
-    """The model check process: (config, folder) in on stdin, a verdict out."""
+    """The model check process: (config, folder) in on stdin, a verdict out.
+
+    The verdict goes out on the original stdout; file descriptor 1 then
+    points at stderr, so what LightGBM's C library prints cannot mix with it.
+    """
+    for signum in IGNORED_IN_WORKERS:  # the daemon decides when it ends
+        signal.signal(signum, signal.SIG_IGN)
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)
     with contextlib.suppress(OSError):  # a sandbox may forbid it; check anyway
         os.nice(CHECK_NICENESS)
     tune_malloc()
@@ -192,8 +204,8 @@ def check_main() -> None:
         )
     except Exception as exc:  # the daemon refuses the model with this text
         reply = ("error", str(exc) or type(exc).__name__)
-    sys.stdout.buffer.write(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
-    sys.stdout.flush()
+    with os.fdopen(reply_fd, "wb") as out:
+        out.write(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
 
 
 class ThreadEngine:

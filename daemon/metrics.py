@@ -82,6 +82,11 @@ class Metrics:
             "Rows queued to the verdict log.",
             registry=r,
         )
+        self.log_dropped = Counter(
+            "phishgate_verdict_log_dropped_rows_total",
+            "Verdict rows the log could not write (busy past its retries, or failing).",
+            registry=r,
+        )
         self.milter_connections = Gauge(
             "phishgate_milter_connections", "Open milter connections.", registry=r
         )

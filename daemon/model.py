@@ -232,6 +232,21 @@ def _lightgbm_library() -> ctypes.CDLL:
     raise ModelError(f"lib_lightgbm.so not found in {folder}")
 
 
+def _log_from_lightgbm(message: bytes) -> None:
+    """LightGBM's messages go to our log, not to the C library's stdout."""
+    text = message.decode("utf-8", "replace").strip()
+    if not text:  # it sends each line's end on its own
+        return
+    if "[Warning]" in text or "[Fatal]" in text:
+        log.warning("lightgbm: %s", text)
+    else:
+        log.debug("lightgbm: %s", text)
+
+
+_LIGHTGBM_LOG = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(_log_from_lightgbm)
+"""Kept at module level: the C library holds a pointer to it."""
+
+
 class NativeBooster:
     """A LightGBM model held by LightGBM's C library, called through ctypes.
 
@@ -242,6 +257,8 @@ class NativeBooster:
 
     def __init__(self, model_text: str) -> None:
         self._lib = lib = _lightgbm_library()
+        # Per thread in LightGBM, so here: models load in worker threads too.
+        lib.LGBM_RegisterLogCallback(_LIGHTGBM_LOG)
         self._handle = ctypes.c_void_p()
         iterations = ctypes.c_int()
         self._call(

@@ -88,7 +88,7 @@ class Daemon:
         engine = await make_engine(config)
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.verdict_log = VerdictLog(state_dir)
+        self.verdict_log = VerdictLog(state_dir, on_drop=self.metrics.log_dropped.inc)
         self.verdict_log.start()
         self.pipeline = Pipeline(config, engine, self.metrics, self.verdict_log)
         self.metrics.set_model(engine.model_version)

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,8 +91,11 @@ def _add_missing_columns(db: sqlite_utils.Database, path: Path) -> None:
 class VerdictLog:
     """Batches verdict rows to SQLite from a thread of its own."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self, state_dir: Path, on_drop: Callable[[int], object] | None = None
+    ) -> None:
         self.path = state_dir / DB_NAME
+        self._on_drop = on_drop  # told how many rows were given up on
         self._pending: deque[dict[str, Any]] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -145,8 +148,13 @@ class VerdictLog:
             except sqlite3.OperationalError as exc:  # locked by a reader/writer
                 log.warning("verdict log busy (%s), retry %d", exc, attempt + 1)
                 time.sleep(0.2 * (attempt + 1))
+            except Exception:  # corrupt file, full disk: the writer carries on
+                log.exception("verdict log %s: could not write", self.path)
+                break
         self.failed += len(batch)
-        log.error("verdict log: dropped %d rows after retries", len(batch))
+        log.error("verdict log: dropped %d rows", len(batch))
+        if self._on_drop is not None:
+            self._on_drop(len(batch))
 
     def purge(self, retention_days: int) -> int:
         """Delete rows older than the retention period; returns how many."""

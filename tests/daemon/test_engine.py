@@ -279,3 +279,34 @@ def test_check_model_survives_a_checker_that_dies(
     )
     with pytest.raises(ModelError, match="ended with status -11"):
         asyncio.run(check_model(parse_config("", "t"), default_model_dir()))
+
+
+def test_check_model_reply_survives_output_on_stdout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the loader prints on fd 1 (LightGBM's C library does) cannot
+    corrupt the verdict: it goes to stderr."""
+    monkeypatch.setattr(
+        "phishgate.daemon.engine.CHECK_COMMAND",
+        "import os; from phishgate.daemon import engine;"
+        " real = engine.checked_scanner;"
+        " engine.checked_scanner = lambda *a: ("
+        "os.write(1, b'[LightGBM] [Warning] noise\\n' * 5000), real(*a))[1];"
+        " engine.check_main()",
+    )
+    config = parse_config("", "t")
+    version = asyncio.run(check_model(config, default_model_dir()))
+    assert version == _bundled_version()
+
+
+def test_check_model_that_hangs_is_refused_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A check past its deadline refuses the model (a ModelError, counted as
+    refused) and leaves no process behind."""
+    monkeypatch.setattr("phishgate.daemon.engine.WARMUP_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(
+        "phishgate.daemon.engine.CHECK_COMMAND", "import time; time.sleep(60)"
+    )
+    with pytest.raises(ModelError, match="took more than 1 s"):
+        asyncio.run(check_model(parse_config("", "t"), default_model_dir()))

@@ -8,6 +8,7 @@ import dkim
 import numpy as np
 import pytest
 from mailfactory import as_bytes, html, phish, plain
+from phishgate.daemon import brands
 from phishgate.daemon.auth import (
     FAIL,
     PASS,
@@ -297,3 +298,19 @@ def test_scanner_skips_hashing_the_model_never_uses() -> None:
     values = scanner.features(as_bytes(plain("password reset now"))).values
     hashed = [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("word_")]
     assert bool(values[hashed].any()) == model.uses_text_hashing
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Click to UNSUBSCRIBE",
+        "un\u017fubscribe here",
+        "unsubscr\u0131be",
+        "d\u0130siscri",
+    ],
+)
+def test_unsubscribe_is_found_case_insensitively(text: str) -> None:
+    """The fast lower-case search finds what the case-insensitive pattern finds,
+    also for the letters that fold differently (long s, dotted and dotless i)."""
+    assert brands.UNSUBSCRIBE.search(text)
+    assert brands.mentions_unsubscribe(text)

@@ -57,6 +57,31 @@ def test_rows_land_while_the_daemon_runs(tmp_path: Path) -> None:
         log.close()
 
 
+def test_a_batch_that_cannot_be_written_is_counted_and_the_writer_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A write that fails for good (not a busy lock) drops that batch, says
+    how many rows, and the rows after it are still written."""
+    dropped: list[int] = []
+    log = VerdictLog(tmp_path, on_drop=dropped.append)
+    log.start()
+    try:
+        bad = make_row(message_id="<bad@x>", action="accept", phish=0.0)
+        bad["size"] = object()  # no SQLite type: the insert raises
+        log.record(bad)
+        deadline = time.monotonic() + 10 * BATCH_SECONDS + 5
+        while not dropped and time.monotonic() < deadline:
+            time.sleep(BATCH_SECONDS / 2)
+        assert dropped == [1]
+        log.record(make_row(message_id="<good@x>", action="accept", phish=0.0))
+        while log.written < 1 and time.monotonic() < deadline:
+            time.sleep(BATCH_SECONDS / 2)
+        assert log.written == 1 and log.failed == 1
+    finally:
+        log.close()
+    assert [r["message_id"] for r in read_verdicts(tmp_path / DB_NAME)] == ["<good@x>"]
+
+
 def test_close_writes_rows_of_a_log_never_started(tmp_path: Path) -> None:
     """A tool that records and closes without the writer thread loses nothing."""
     log = VerdictLog(tmp_path)
