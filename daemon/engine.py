@@ -85,6 +85,8 @@ message, but costs some 0.7 ms of page faults per scan.)"""
 WARMUP_TIMEOUT_S = 120.0
 """Seconds for every worker to start and load the model."""
 IGNORED_IN_WORKERS = (signal.SIGINT, signal.SIGHUP)
+RESTART_DELAY_S = 5.0
+"""Pause before starting a worker again after one could not start."""
 IN_FLIGHT_PER_WORKER = 1
 """Scans sent to a worker before it answers; the rest wait in the daemon."""
 JOIN_TIMEOUT_S = 10.0
@@ -412,6 +414,12 @@ class _Worker:
         return self.process.pid
 
     @property
+    def alive(self) -> bool:
+        """Starting, or started and running: scans given to it get answered."""
+        started_ok = not self.ready.done() or self.ready.exception() is None
+        return started_ok and not self.task.done()
+
+    @property
     def free(self) -> bool:
         """Ready, running and with room for another scan."""
         return (
@@ -488,16 +496,18 @@ class _Worker:
             else:
                 self.ready.set_exception(value)
                 self._fail(BrokenProcessPool(f"scan worker could not start: {value}"))
+                self._engine.start_failed(self, value)
                 return
 
     def _ended(self) -> None:
         """The worker closed its socket: asked to (engine closing) or died."""
         error = BrokenProcessPool(f"scan worker {self.pid} died")
-        if not self.ready.done():
-            self.ready.set_exception(error)
         self._fail(error)
         self._engine.staged(self.slot, "stage-failed", (None, error))
-        if not self._engine.closing:
+        if not self.ready.done():  # died while loading the model
+            self.ready.set_exception(error)
+            self._engine.start_failed(self, error)
+        elif not self._engine.closing:
             self._engine.replace(self)
 
     def _fail(self, error: BaseException) -> None:
@@ -566,9 +576,11 @@ class ProcessEngine:
         self.closing = False
         self.model_version = ""
         self._workers: list[_Worker] = []
+        self._serving = False  # set once start() has succeeded
         self._queue: deque[_Job] = deque()
         self._tokens = itertools.count(1)
         self._staging: tuple[int, dict[int, asyncio.Future[str]]] | None = None
+        self._replaced_in_swap = False
 
     @property
     def pids(self) -> list[int]:
@@ -597,6 +609,7 @@ class ProcessEngine:
             raise errors[0]
         ready = [r for r in results if not isinstance(r, BaseException)]
         self.model_version = ready[0][1]
+        self._serving = True
         log.info(
             "%d scan worker processes ready (pids %s), model %s",
             self.processes,
@@ -610,7 +623,12 @@ class ProcessEngine:
         job = _Job(raw, mail_from)
         self._queue.append(job)
         self.dispatch()
-        result = await job.future
+        try:
+            result = await job.future
+        except asyncio.CancelledError:  # timed out: it need not wait its turn
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job)
+            raise
         log.debug(
             "message_id=%s scanned by worker %d in %.1f ms",
             result.message_id or "-",
@@ -634,6 +652,7 @@ class ProcessEngine:
         loop = asyncio.get_running_loop()
         waiting = {w.slot: loop.create_future() for w in self._workers}
         self._staging = (token, waiting)
+        self._replaced_in_swap = False
         versions = []
         try:
             # One worker at a time: the others scan at full speed meanwhile.
@@ -644,6 +663,8 @@ class ProcessEngine:
                         asyncio.shield(waiting[worker.slot]), WARMUP_TIMEOUT_S
                     )
                 )
+            if self._replaced_in_swap:  # its new worker loaded the old model
+                raise ModelError("a scan worker was restarted during the swap")
         except BaseException:
             for worker in self._workers:
                 worker.control(("drop", token))
@@ -693,7 +714,46 @@ class ProcessEngine:
             "scan worker process %d died (killed? out of memory?); starting a new one",
             dead.pid,
         )
-        self._workers[dead.slot] = _Worker(self, dead.slot)
+        self._start_in(dead.slot)
+
+    def start_failed(self, worker: _Worker, error: object) -> None:
+        """A replacement worker could not load the model: try again later.
+
+        Scans wait for a worker while one is starting or running; with none,
+        they fail now (and follow ``[policy] on_error``) instead of waiting
+        out their timeout.
+        """
+        if (
+            not self._serving
+            or self.closing
+            or self._workers[worker.slot] is not worker
+        ):
+            return  # start() reports a first start's failure itself
+        log.error(
+            "scan worker process %d could not start (%s); trying again in %.0f s",
+            worker.pid,
+            error,
+            RESTART_DELAY_S,
+        )
+        self._fail_queue_if_none_alive()
+        asyncio.get_running_loop().call_later(RESTART_DELAY_S, self._restart, worker)
+
+    def _restart(self, failed: _Worker) -> None:
+        if not self.closing and self._workers[failed.slot] is failed:
+            self._start_in(failed.slot)
+
+    def _start_in(self, slot: int) -> None:
+        if self._staging is not None:
+            self._replaced_in_swap = True
+        self._workers[slot] = _Worker(self, slot)
+
+    def _fail_queue_if_none_alive(self) -> None:
+        if any(w.alive for w in self._workers):
+            return
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(BrokenProcessPool("no scan worker running"))
 
     def close(self) -> None:
         """Stop taking work; scans already taken finish, then the workers exit.
@@ -702,7 +762,7 @@ class ProcessEngine:
         workers see the end of their input.
         """
         self.closing = True
-        running = [w for w in self._workers if not w.task.done()]
+        running = [w for w in self._workers if w.alive]
         while self._queue and running:
             job = self._queue.popleft()
             if not job.future.done():

@@ -74,6 +74,11 @@ class Metrics:
         self.in_flight = Gauge(
             "phishgate_in_flight_messages", "Messages being scanned now.", registry=r
         )
+        self.scan_queue = Gauge(
+            "phishgate_scan_queue_messages",
+            "Messages waiting for a free scan worker (always 0 with one worker).",
+            registry=r,
+        )
         self.model_info = Gauge(
             "phishgate_model_info", "The model being served.", ["version"], registry=r
         )

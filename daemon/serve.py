@@ -90,7 +90,13 @@ class Daemon:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.verdict_log = VerdictLog(state_dir, on_drop=self.metrics.log_dropped.inc)
         self.verdict_log.start()
-        self.pipeline = Pipeline(config, engine, self.metrics, self.verdict_log)
+        pipeline = Pipeline(config, engine, self.metrics, self.verdict_log)
+        self.pipeline = pipeline
+        # A thread engine has no queue of its own: its waiting scans are
+        # the executor's, counted by in-flight.
+        self.metrics.scan_queue.set_function(
+            lambda: getattr(pipeline.engine, "queued", 0)
+        )
         self.metrics.set_model(engine.model_version)
         self.metrics.build.info({"version": _version()})
         if config.metrics.listen:

@@ -110,6 +110,27 @@ def test_small_messages_do_not_wait_behind_a_slow_one(
     assert engine.queued == 0
 
 
+def test_a_scan_given_up_leaves_the_queue_at_once(
+    workers: tuple[asyncio.AbstractEventLoop, ProcessEngine],
+) -> None:
+    """A queued scan whose caller times out does not hold its message in the
+    queue until a worker frees up."""
+    loop, engine = workers
+
+    async def give_up_while_queued() -> int:
+        busy = [
+            asyncio.ensure_future(engine.scan(slow_message(), "")) for _ in range(2)
+        ]
+        await asyncio.sleep(0)  # both workers now hold a large message
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(engine.scan(as_bytes(plain()), ""), 0.001)
+        queued = engine.queued
+        await asyncio.gather(*busy)
+        return queued
+
+    assert loop.run_until_complete(give_up_while_queued()) == 0
+
+
 def test_close_answers_the_scans_still_queued() -> None:
     """Scans queued for a free worker when the engine closes are still scanned."""
     loop = asyncio.new_event_loop()
@@ -310,3 +331,87 @@ def test_check_model_that_hangs_is_refused_in_time(
     )
     with pytest.raises(ModelError, match="took more than 1 s"):
         asyncio.run(check_model(parse_config("", "t"), default_model_dir()))
+
+
+def test_workers_that_cannot_start_fail_scans_at_once_and_are_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed workers whose model file broke meanwhile cannot start again:
+    scans then fail at once (and follow on_error) instead of waiting out
+    their timeout, and the workers start once the model is loadable again."""
+    monkeypatch.setattr("phishgate.daemon.engine.RESTART_DELAY_S", 0.5)
+    model = _model_copy(tmp_path, "v-restart")
+    good = (model / "model.txt").read_bytes()
+    config = parse_config(f'[daemon]\nworkers = 2\n[model]\npath = "{model}"\n', "t")
+    message = as_bytes(plain())
+
+    async def run() -> tuple[str, str]:
+        engine = await make_engine(config)
+        assert isinstance(engine, ProcessEngine)
+        try:
+            (model / "model.txt").write_text("not a model\n")
+            old = set(engine.pids)
+            for pid in old:
+                os.kill(pid, signal.SIGKILL)
+            while old & set(engine.pids):  # until both are being replaced
+                await asyncio.sleep(0.01)
+            with pytest.raises(BrokenProcessPool) as failed:
+                await asyncio.wait_for(engine.scan(message, ""), 30)
+            (model / "model.txt").write_bytes(good)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    result = await asyncio.wait_for(engine.scan(message, ""), 30)
+                    return str(failed.value), result.verdict.model_version
+                except BrokenProcessPool:
+                    assert time.monotonic() < deadline, "no worker within 60 s"
+                    await asyncio.sleep(0.2)
+        finally:
+            engine.close()
+            await engine.wait_closed()
+
+    error, version = asyncio.run(run())
+    assert "no scan worker running" in error
+    assert version == "v-restart"
+
+
+def test_a_worker_restarted_during_a_swap_refuses_the_swap(tmp_path: Path) -> None:
+    """A worker that dies after staging is replaced by one with the old model:
+    the swap is refused, and every worker keeps serving the old one."""
+    message = as_bytes(plain())
+
+    async def run() -> tuple[str, str, set[str]]:
+        engine = await make_engine(TWO_WORKERS)
+        assert isinstance(engine, ProcessEngine)
+        try:
+            path = _model_copy(tmp_path, "v2")
+            new = parse_config(
+                f'[daemon]\nworkers = 2\n[model]\npath = "{path}"\n', "t"
+            )
+            swap = asyncio.create_task(engine.swap(new))
+            deadline = time.monotonic() + 60
+            while not (engine._staging is not None and engine._staging[1][0].done()):
+                assert time.monotonic() < deadline and not swap.done()
+                await asyncio.sleep(0.01)
+            os.kill(engine.pids[0], signal.SIGKILL)
+            with pytest.raises(ModelError) as refused:
+                await swap
+            while True:  # the replacement may still be loading
+                try:
+                    results = await asyncio.gather(
+                        *(engine.scan(message, "") for _ in range(6))
+                    )
+                    break
+                except BrokenProcessPool:
+                    assert time.monotonic() < deadline, "no worker within 60 s"
+                    await asyncio.sleep(0.2)
+            versions = {r.verdict.model_version for r in results}
+            return str(refused.value), engine.model_version, versions
+        finally:
+            engine.close()
+            await engine.wait_closed()
+
+    error, serving, seen = asyncio.run(run())
+    assert "restarted during the swap" in error
+    assert serving == _bundled_version()
+    assert seen == {_bundled_version()}
