@@ -11,11 +11,13 @@ are fresh interpreters (not forked: the main process has threads), and
 every one has loaded the model before the daemon says it is ready.
 
 Each worker is joined to the event loop by a socket pair, and a scan is
-one frame each way (the message out, a small result back): no helper
-threads in the daemon, so its event loop never waits for the GIL behind
-them. Scans wait in one queue in the daemon and a worker is given the
-next one only when it has finished the last: a message never waits behind
-a large one on a busy worker while another worker is free.
+one frame each way (the message out, a small result back): no thread
+stands between a scan and its worker, so the event loop waits for the GIL
+only behind the daemon's few helper threads (the verdict log writer, the
+quarantine's fsyncs), which ``SWITCH_INTERVAL_S`` keeps short. Scans wait
+in one queue in the daemon and a worker is given the next one only when it
+has finished the last: a message never waits behind a large one on a busy
+worker while another worker is free.
 
 Workers ignore SIGINT and SIGHUP, which a terminal sends to the whole
 process group: the main process decides when they stop (on close it ends
@@ -73,7 +75,9 @@ log = logging.getLogger(__name__)
 
 THREADS = 4
 SWITCH_INTERVAL_S = 0.001
-"""GIL hand-over interval with scan threads (Python's default is 5 ms)."""
+"""GIL hand-over interval (Python's default is 5 ms): how long the event
+loop may wait for the GIL behind scan threads (``workers = 1``) or the
+helper threads (verdict log writer, quarantine fsyncs)."""
 MALLOC_ARENAS = 2
 """glibc heaps for the daemon's threads; its default (8 per core) lets each
 thread fragment a heap of its own, and the resident size grows with them."""

@@ -100,37 +100,38 @@ def _keep_header(line: bytes) -> bool:
     return True
 
 
-# Footers that a mailing-list manager appends to every post.
-_FOOTERS = (
-    re.compile(
-        r"--\s*\n\s*You received this message because you are subscribed to the"
-        r" Google Groups.*",
-        re.S,
-    ),
-    re.compile(r"You received this message because you are subscribed to.*", re.S),
-    re.compile(r"_{20,}\s*\n[^\n]*mailing list\s*\n.*", re.S | re.I),
-)
-# The same footers quoted in a reply ("> Cake mailing list").
-_QUOTED_FOOTER = re.compile(
-    r"^(?:>\s?)+_{20,}\s*\n(?:>\s?)+[^\n]*mailing list\s*\n(?:(?:>\s?)+[^\n]*\n?){0,3}",
-    re.M | re.I,
-)
-
-
 _RULE = "_" * 20
-"""Every Mailman footer pattern needs this rule; Google's need _GROUPS."""
 _GROUPS = "You received this message because you are subscribed to"
+
+# Footers that a mailing-list manager appends to every post, in the order
+# they are removed, each with a fixed string it cannot match without: a
+# pattern is a scan of the whole body, and most bodies have neither.
+_FOOTERS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # The same footers quoted in a reply ("> Cake mailing list").
+    (
+        _RULE,
+        re.compile(
+            r"^(?:>\s?)+_{20,}\s*\n(?:>\s?)+[^\n]*mailing list\s*\n"
+            r"(?:(?:>\s?)+[^\n]*\n?){0,3}",
+            re.M | re.I,
+        ),
+    ),
+    (
+        _GROUPS,
+        re.compile(
+            r"--\s*\n\s*You received this message because you are subscribed"
+            r" to the Google Groups.*",
+            re.S,
+        ),
+    ),
+    (_GROUPS, re.compile(_GROUPS + r".*", re.S)),
+    (_RULE, re.compile(r"_{20,}\s*\n[^\n]*mailing list\s*\n.*", re.S | re.I)),
+)
 
 
 def strip_list_footers(text: str) -> str:
     """Remove mailing-list footers (Google Groups, Mailman) from body text."""
-    # A pattern runs only where its fixed part occurs: each is a scan of the
-    # whole body, and most bodies have neither.
-    if _RULE in text:
-        text = _QUOTED_FOOTER.sub("", text)
-    if _GROUPS in text:
-        for pattern in _FOOTERS[:2]:
+    for needle, pattern in _FOOTERS:
+        if needle in text:
             text = pattern.sub("", text)
-    if _RULE in text:
-        text = _FOOTERS[2].sub("", text)
     return text

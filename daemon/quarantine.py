@@ -4,6 +4,8 @@ A message is durable before a front door says so: the file is written
 under a temporary name, fsync'd and renamed into place; then its directory
 is fsync'd while the index row is committed (each waits on the disk, so the
 two run side by side: about two disk flushes of latency instead of three).
+A put that fails at any step takes its row and file back out, so the
+front door's 4xx leaves the message with the sender and nothing here.
 Files are mode 0600 and fan out over two levels of 256 directories
 (``ab/cd/<id>.eml``), which keeps every directory small at millions of
 entries.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
     from .pipeline import Decision, MessageEnvelope
 
 __all__ = ["QuarantineEntry", "QuarantineStore", "held_count"]
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -101,8 +106,25 @@ class QuarantineStore:
         self.retention_s = retention_days * 86400
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
+        self._dir_sync: ThreadPoolExecutor | None = None
+        self._dir_sync_lock = threading.Lock()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Stop the directory-fsync threads (a put after this starts new ones)."""
+        with self._dir_sync_lock:
+            pool, self._dir_sync = self._dir_sync, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _sync_pool(self) -> ThreadPoolExecutor:
+        with self._dir_sync_lock:
+            if self._dir_sync is None:
+                self._dir_sync = ThreadPoolExecutor(
+                    2, thread_name_prefix="quarantine-fsync"
+                )
+            return self._dir_sync
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.db_path), timeout=30.0)
@@ -125,12 +147,30 @@ class QuarantineStore:
         entry_id = new_id()
         path = self.path_for(entry_id)
         _write_file(path, raw)
-        dir_synced = _DIR_SYNC.submit(_sync_dir, path.parent)
+        dir_synced = self._sync_pool().submit(_sync_dir, path.parent)
+        indexed = False
         try:
             self._index(entry_id, path, fields)
-        finally:
+            indexed = True
             dir_synced.result()  # raises the fsync's OSError, if any
+        except BaseException:
+            # The caller answers 4xx and the sender's MTA keeps the message:
+            # no half-stored entry may stay behind to be listed or released.
+            if not indexed:
+                dir_synced.exception()  # wait; its error, if any, is moot
+            self._forget(entry_id, path, indexed)
+            raise
         return entry_id
+
+    def _forget(self, entry_id: str, path: Path, indexed: bool) -> None:
+        """Undo a failed put: its row, then its file; best effort."""
+        try:
+            if indexed:
+                with self._thread_connection() as conn:
+                    conn.execute("DELETE FROM quarantine WHERE id = ?", (entry_id,))
+            path.unlink(missing_ok=True)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("quarantine: could not undo failed put of %s: %s", entry_id, exc)
 
     def _index(self, entry_id: str, path: Path, fields: dict[str, Any]) -> None:
         now = time.time()
@@ -228,14 +268,18 @@ def _write_file(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a disk-full write leaves no stray file
+        raise
 
 
 def _sync_dir(directory: Path) -> None:
@@ -245,10 +289,6 @@ def _sync_dir(directory: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-_DIR_SYNC = ThreadPoolExecutor(2, thread_name_prefix="quarantine-fsync")
-"""Directory fsyncs, run beside the index commit (see the module docstring)."""
 
 
 def store_decision(

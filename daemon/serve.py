@@ -239,7 +239,8 @@ class Daemon:
         Worker processes load it beside the old one and switch in place
         (starting new processes would take seconds of CPU from the scans in
         flight); otherwise it is checked in a low-priority process of its
-        own, then loaded in a thread here while the loop keeps serving mail.
+        own, then loaded by the new workers, or, with one worker, in a
+        thread here while the loop keeps serving mail.
         """
         assert self.pipeline is not None
         current = self.pipeline.engine
@@ -250,6 +251,8 @@ class Daemon:
             await current.swap(config)
             return current
         await check_model(config, serving_model_dir(config))
+        if worker_count(config) >= 2:
+            return await make_engine(config)  # the new workers load their own
         scanner = await asyncio.get_running_loop().run_in_executor(
             None, build_scanner, config
         )
@@ -296,6 +299,8 @@ class Daemon:
             self.pipeline.close()
         if self.verdict_log is not None:
             self.verdict_log.close()
+        if self.store is not None:
+            self.store.close()
         if self._watchdog_task is not None:
             self._watchdog_task.cancel()
         log.info("stopped")

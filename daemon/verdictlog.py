@@ -2,10 +2,9 @@
 
 One writer thread owns the connection and inserts rows in batches, so the
 event loop only appends a dict to a deque and never waits on disk. The
-writer wakes on a clock (every ``BATCH_SECONDS``), not on each row: waking a
-thread per message hands it the GIL, and the event loop then waits for it
-back (in profiles, a third of the daemon's own time went to that hand-over). The
-database runs in WAL mode, so ``phishgate log`` and ad-hoc queries
+writer wakes on a clock (every ``BATCH_SECONDS``), not on each row: a thread
+woken per message takes the GIL each time, and the event loop waits for it
+back. The database runs in WAL mode, so ``phishgate log`` and ad-hoc queries
 (``sqlite-utils``, Datasette) can read while the daemon writes.
 
 Schema (table ``verdicts``)::

@@ -18,6 +18,8 @@ from phishgate.daemon.config import parse_config
 from phishgate.daemon.engine import (
     ProcessEngine,
     ThreadEngine,
+    _Job,
+    _Worker,
     build_scanner,
     check_model,
     make_engine,
@@ -239,23 +241,40 @@ def _bundled_version() -> str:
     return str(json.loads((default_model_dir() / "meta.json").read_text())["version"])
 
 
-def test_swap_in_place_switches_between_scans(tmp_path: Path) -> None:
-    """Workers stage the new model while scanning, then all switch; same pids."""
+def test_swap_in_place_switches_between_scans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers stage the new model while scanning, then all switch; same pids.
+
+    A scan sent to a worker just before its commit frame is answered on the
+    old model (in flight at the switch), every scan after it on the new one.
+    """
     new = _model_copy(tmp_path, "swapped-1")
     broken = _model_copy(tmp_path, "broken-1", broken=True)
     config = parse_config(f'[daemon]\nworkers = 2\n[model]\npath = "{new}"\n', "t")
     bad = parse_config(f'[daemon]\nworkers = 2\n[model]\npath = "{broken}"\n', "t")
     message = as_bytes(plain())
 
+    in_flight: list[asyncio.Future[ScanResult]] = []
+    real_control = _Worker.control
+
+    def control(worker: _Worker, message_: tuple[object, ...]) -> None:
+        if message_[0] == "commit":
+            job = _Job(message, "")
+            worker.submit(job)
+            in_flight.append(job.future)
+        real_control(worker, message_)
+
+    monkeypatch.setattr(_Worker, "control", control)
+
     async def run() -> tuple[list[str], list[str], list[str]]:
         engine = await make_engine(TWO_WORKERS)
         assert isinstance(engine, ProcessEngine)
         try:
             pids = engine.pids
-            # Scans sent before the swap finish on the old model.
-            before = [asyncio.ensure_future(engine.scan(message, "")) for _ in range(6)]
-            await asyncio.sleep(0)
             await engine.swap(config)
+            assert len(in_flight) == 2  # one per worker
+            before = await asyncio.gather(*in_flight)
             after = await asyncio.gather(*(engine.scan(message, "") for _ in range(6)))
             with pytest.raises(ModelError):
                 await engine.swap(bad)
@@ -263,7 +282,7 @@ def test_swap_in_place_switches_between_scans(tmp_path: Path) -> None:
             assert engine.pids == pids
             assert engine.model_version == "swapped-1"
             return (
-                [r.verdict.model_version for r in await asyncio.gather(*before)],
+                [r.verdict.model_version for r in before],
                 [r.verdict.model_version for r in after],
                 [r.verdict.model_version for r in still],
             )
@@ -273,7 +292,7 @@ def test_swap_in_place_switches_between_scans(tmp_path: Path) -> None:
 
     before, after, still = asyncio.run(run())
     assert set(after) == set(still) == {"swapped-1"}
-    assert before == [_bundled_version()] * 6  # sent before the commit frame
+    assert before == [_bundled_version()] * 2
 
 
 def test_check_model_runs_the_canary_in_a_process_of_its_own(tmp_path: Path) -> None:

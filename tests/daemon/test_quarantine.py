@@ -36,7 +36,9 @@ def test_put_flushes_the_file_and_its_directory_before_returning(
 ) -> None:
     """The message is fsync'd before its row exists; the directory before put ends.
 
-    A failed directory fsync fails the put, so the front door answers 4xx.
+    A failed directory fsync fails the put, so the front door answers 4xx,
+    and leaves neither a row nor a file behind: the sender still has the
+    message, and a half-stored copy must not be listed or released.
     """
     store = QuarantineStore(tmp_path)
     synced: list[tuple[str, bool]] = []  # (what, row already indexed)
@@ -61,6 +63,27 @@ def test_put_flushes_the_file_and_its_directory_before_returning(
     fail_dir = True
     with pytest.raises(OSError, match="Input/output"):
         store.put(as_bytes(phish()), recipients=["ann@example.org"])
+    assert len(list(store.entries())) == 1
+    files = [p for p in store.root.rglob("*") if p.is_file()]
+    assert len(files) == 1
+    store.close()
+
+
+def test_put_that_cannot_write_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write failing part way (disk full) removes its temporary file."""
+    store = QuarantineStore(tmp_path)
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(OSError, match="No space"):
+        store.put(as_bytes(phish()), recipients=["ann@example.org"])
+    monkeypatch.undo()
+    assert list(store.entries()) == []
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
 
 
 def test_mark_deleted_removes_the_file(tmp_path: Path) -> None:

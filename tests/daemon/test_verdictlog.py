@@ -42,7 +42,7 @@ def test_rows_are_written_and_read_back(tmp_path: Path) -> None:
 
 
 def test_rows_land_while_the_daemon_runs(tmp_path: Path) -> None:
-    """Without a close, the writer's clock flushes every row, in batches."""
+    """Without a close, the writer's clock flushes every row (two batches and more)."""
     log = VerdictLog(tmp_path)
     log.start()
     try:
