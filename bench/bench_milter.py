@@ -151,6 +151,8 @@ listen = ""
 listen = "{host}:{metrics_port}"
 [storage]
 state_dir = "{state_dir}"
+[policy]
+quarantine = "{quarantine}"
 """
 
 _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:[ \t]*(.*)", re.S)
@@ -449,9 +451,12 @@ def tree_memory_kib(pid: int) -> tuple[int, int]:
 class Daemon:
     """``phishgate serve`` in a subprocess, on free ports, state in ``workdir``."""
 
-    def __init__(self, workdir: Path, workers: str = "1") -> None:
+    def __init__(
+        self, workdir: Path, workers: str = "1", quarantine: str = "hold"
+    ) -> None:
         self.workdir = workdir
         self.workers = workers
+        self.quarantine = quarantine
         self.milter_port = free_port()
         self.metrics_port = free_port()
         self.log_path = workdir / "serve.log"
@@ -473,6 +478,7 @@ class Daemon:
                 metrics_port=self.metrics_port,
                 state_dir=state,
                 workers=self.workers if self.workers.isdigit() else f'"{self.workers}"',
+                quarantine=self.quarantine,
             )
         )
         command = [sys.executable, "-m", "phishgate.daemon.cli", "serve"]
@@ -690,7 +696,7 @@ def bench_phishgate(
 ) -> tuple[list[Phase], list[str]]:
     """One run: a fresh daemon, every concurrency level, the daemon's complaints."""
     with tempfile.TemporaryDirectory(prefix="phishgate-bench-") as workdir:
-        daemon = Daemon(Path(workdir), workers)
+        daemon = Daemon(Path(workdir), workers, args.quarantine)
         daemon.start()
         try:
             phases = asyncio.run(run_phases(daemon, messages, concurrencies, args))
@@ -942,6 +948,13 @@ def parse_args() -> argparse.Namespace:
         "--workers", default="1", help="comma list of [daemon] workers values"
     )
     ap.add_argument("--peers-dir", default="../shared/peers")
+    ap.add_argument(
+        "--quarantine",
+        choices=("hold", "store"),
+        default="hold",
+        help="[policy] quarantine: Postfix's hold queue, or the store as the "
+        "proxy uses it (for a like-for-like comparison with bench_proxy.py)",
+    )
     return ap.parse_args()
 
 

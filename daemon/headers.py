@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import re
-
+from .normalize import header_end
 from .pipeline import HEADER_PREFIX
 
 __all__ = ["rewrite_headers"]
-
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def rewrite_headers(
     raw: bytes, add: tuple[tuple[str, str], ...], subject_tag: str = ""
 ) -> bytes:
     """Drop incoming X-Phishgate-* headers, prefix the Subject, prepend *add*."""
-    match = _HEADER_END.search(raw)
-    head, rest = (
-        (raw, b"") if match is None else (raw[: match.start()], raw[match.start() :])
-    )
+    end = header_end(raw)
+    head, rest = (raw, b"") if end < 0 else (raw[:end], raw[end:])
     kept: list[bytes] = []
     skipping = False
     for line in head.split(b"\n"):
