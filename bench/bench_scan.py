@@ -54,6 +54,8 @@ def rss_mib() -> float:
 
 def one_pass(model: Model, messages: list[bytes]) -> dict[str, list[float]]:
     extractor = FeatureExtractor()
+    # As the daemon's Scanner does: no n-gram hashing unless the model uses it.
+    extractor.text_hashing = model.uses_text_hashing
     stages: dict[str, list[float]] = {
         "parse": [],
         "features": [],
