@@ -16,6 +16,7 @@ from prometheus_client import (
 )
 
 from .feedback import REFUSALS
+from .quarantine import OPERATIONS
 
 __all__ = ["Metrics"]
 
@@ -170,6 +171,16 @@ class Metrics:
             "Messages held in phishgate's quarantine store.",
             registry=r,
         )
+        self.quarantine_operations = Counter(
+            "phishgate_quarantine_operations",
+            "Admin operations on held mail (phishgate quarantine release, "
+            "delete, purge, digest), store and hold queue, by result.",
+            ["operation", "result"],
+            registry=r,
+        )
+        for operation in OPERATIONS:
+            for result in ("ok", "failed"):
+                self.quarantine_operations.labels(operation=operation, result=result)
         self.model_created = Gauge(
             "phishgate_model_created_timestamp_seconds",
             "When the served model was trained (from its metadata).",

@@ -1,8 +1,9 @@
 """What the daemon watches on a schedule: drift, live quality, the store, the model.
 
 Every ``[drift] interval_s`` the daemon calls :meth:`Monitor.refresh` in a
-worker thread. It reads the verdict log and the labels (read-only, WAL lets
-it run beside the writer), sets the gauges, and acts when drift crosses
+worker thread. It reads the verdict log, the labels and the quarantine's
+operations (read-only, WAL lets it run beside the writer), sets the gauges
+and counters, and acts when drift crosses
 ``[drift] threshold``: one WARNING naming the features each time the set of
 shifted values grows, and, with ``[drift] retrain = true``, a
 ``phishgate retrain`` subprocess at most once per ``retrain_cooldown_hours``
@@ -29,7 +30,7 @@ from .metrics import Metrics
 from .model import ModelError, default_model_dir
 from .models_dir import models_dir, serving_model_dir
 from .quality import LiveQuality, live_quality
-from .quarantine import held_count
+from .quarantine import held_count, operation_counts
 from .verdictlog import DB_NAME
 
 __all__ = ["Monitor", "served_meta"]
@@ -49,6 +50,7 @@ class Monitor:
         self.config_path = config_path
         self.shifted: frozenset[str] = frozenset()
         self.retrain_process: subprocess.Popen[bytes] | None = None
+        self._operations_seen: dict[tuple[str, str], int] = {}
 
     def refresh(self, config: Config, model_version: str) -> list[DriftReport]:
         """One round: read, set the gauges, act on drift; returns the reports."""
@@ -67,9 +69,24 @@ class Monitor:
             live_quality(db_path, config.drift.labels_window_days * 86400)
         )
         self.metrics.quarantine_messages.set(held_count(db_path))
+        self._count_operations(db_path)
         self._reap_retrain()
         self._act(config, reports)
         return reports
+
+    def _count_operations(self, db_path: Path) -> None:
+        """Bring the operations counter up to the rows the CLI recorded.
+
+        The rows are the record, so after a restart the counter starts at
+        their total, never below what Prometheus saw before.
+        """
+        counter = self.metrics.quarantine_operations
+        for (operation, result), total in operation_counts(db_path).items():
+            child = counter.labels(operation=operation, result=result)
+            seen = self._operations_seen.get((operation, result), 0)
+            if total > seen:
+                child.inc(total - seen)
+                self._operations_seen[(operation, result)] = total
 
     def _set_quality(self, quality: LiveQuality) -> None:
         self.metrics.live_labelled.set(quality.labelled)

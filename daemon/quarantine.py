@@ -16,6 +16,13 @@ Schema (table ``quarantine``, same database as the verdict log)::
     queue_id TEXT   message_id TEXT   sender TEXT   recipients TEXT (JSON)
     phish REAL   reasons TEXT (JSON)   model_version TEXT   path TEXT
     expires REAL   state TEXT (held | released | deleted)
+
+and the admin's operations on it and on the hold queue (``quarantine_ops``;
+the CLI writes them, the daemon counts them for its metrics)::
+
+    time REAL   operation TEXT (release | delete | purge | digest)
+    entry TEXT (id, queue id or digest recipient)
+    location TEXT (store | hold | "")   result TEXT (ok | failed)
 """
 
 from __future__ import annotations
@@ -40,7 +47,13 @@ from .verdictlog import DB_NAME
 if TYPE_CHECKING:
     from .pipeline import Decision, MessageEnvelope
 
-__all__ = ["QuarantineEntry", "QuarantineStore", "held_count"]
+__all__ = [
+    "OPERATIONS",
+    "QuarantineEntry",
+    "QuarantineStore",
+    "held_count",
+    "operation_counts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +66,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_state_time ON quarantine (state, time);
 CREATE INDEX IF NOT EXISTS quarantine_expires ON quarantine (expires);
+CREATE TABLE IF NOT EXISTS quarantine_ops (
+    time REAL, operation TEXT, entry TEXT, location TEXT, result TEXT
+);
 """
+OPERATIONS = ("release", "delete", "purge", "digest")
+"""What ``phishgate quarantine`` does to held mail, each recorded in
+``quarantine_ops`` (one row per entry, or per digest mailed) and counted by
+the daemon as ``phishgate_quarantine_operations_total``."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +252,17 @@ class QuarantineStore:
         if state != "held":
             entry.path.unlink(missing_ok=True)
 
+    def record(self, operation: str, entry: str, location: str, ok: bool) -> None:
+        """Note an admin operation for the daemon's metrics; never raises."""
+        try:
+            with self._connect() as conn:
+                conn.execute(
+                    "INSERT INTO quarantine_ops VALUES (?, ?, ?, ?, ?)",
+                    (time.time(), operation, entry, location, "ok" if ok else "failed"),
+                )
+        except sqlite3.Error as exc:  # the operation itself is done or reported
+            log.warning("quarantine: %s of %s not recorded: %s", operation, entry, exc)
+
     def purge(self, now: float | None = None) -> list[str]:
         """Delete held entries past their expiry; returns their ids."""
         now = time.time() if now is None else now
@@ -242,6 +273,7 @@ class QuarantineStore:
         expired = [row["id"] for row in rows]
         for entry_id in expired:
             self.mark(entry_id, "deleted")
+            self.record("purge", entry_id, "store", ok=True)
         return expired
 
 
@@ -329,3 +361,20 @@ def held_count(db_path: Path) -> int:
     finally:
         conn.close()
     return int(row[0])
+
+
+def operation_counts(db_path: Path) -> dict[tuple[str, str], int]:
+    """Recorded admin operations by (operation, result); empty before any."""
+    if not db_path.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10.0)
+    try:
+        rows = conn.execute(
+            "SELECT operation, result, COUNT(*) FROM quarantine_ops "
+            "GROUP BY operation, result"
+        ).fetchall()
+    except sqlite3.OperationalError:  # no table yet
+        return {}
+    finally:
+        conn.close()
+    return {(op, result): int(n) for op, result, n in rows}

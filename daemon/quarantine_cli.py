@@ -180,6 +180,7 @@ def cmd_release(config: Config, ids: list[str]) -> int:
     store, failed = _store(config), 0
     held = {h["id"]: h for h in hold_entries(config)}
     for entry_id in ids:
+        where = "hold" if entry_id in held else "store"
         try:
             _release_one(config, store, held, entry_id)
         except (
@@ -189,7 +190,10 @@ def cmd_release(config: Config, ids: list[str]) -> int:
             KeyError,
         ) as exc:
             print(f"phishgate: quarantine: release {entry_id}: {exc}", file=sys.stderr)
+            store.record("release", entry_id, where, ok=False)
             failed += 1
+        else:
+            store.record("release", entry_id, where, ok=True)
     return 1 if failed else 0
 
 
@@ -233,11 +237,15 @@ def cmd_delete(config: Config, ids: list[str]) -> int:
     store, failed = _store(config), 0
     held = {h["id"] for h in hold_entries(config)}
     for entry_id in ids:
+        where = "hold" if entry_id in held else "store"
         try:
             _delete_one(config, store, held, entry_id)
         except (OSError, subprocess.SubprocessError, KeyError) as exc:
             print(f"phishgate: quarantine: delete {entry_id}: {exc}", file=sys.stderr)
+            store.record("delete", entry_id, where, ok=False)
             failed += 1
+        else:
+            store.record("delete", entry_id, where, ok=True)
     return 1 if failed else 0
 
 
@@ -265,9 +273,10 @@ def cmd_digest(config: Config, since: float, dry_run: bool) -> int:
         )
         return 2
     cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+    store = _store(config)
     entries = [
         row | _stored_headers(entry)
-        for entry in _store(config).entries()
+        for entry in store.entries()
         if (row := entry.as_json())["time"] >= cutoff
     ]
     entries += [
@@ -286,8 +295,10 @@ def cmd_digest(config: Config, since: float, dry_run: bool) -> int:
             _send_digest(config, sender, rcpt, message)
         except (OSError, smtplib.SMTPException) as exc:
             print(f"phishgate: quarantine digest to {rcpt}: {exc}", file=sys.stderr)
+            store.record("digest", rcpt, "", ok=False)
             failed += 1
             continue
+        store.record("digest", rcpt, "", ok=True)
         log.info("quarantine: digest of %d entries sent to %s", len(items), rcpt)
     return 1 if failed else 0
 

@@ -118,3 +118,50 @@ def test_served_meta_follows_the_served_version(tmp_path: Path) -> None:
     assert served_meta(config, BUNDLED.version)["created"] == BUNDLED.meta["created"]
     assert served_meta(config, "refused-1") == {"version": "refused-1"}
     assert served_meta(config, "never-seen") == {}
+
+
+def test_quarantine_operations_are_counted_from_what_the_cli_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deletes, a purge and a release that cannot reach Postfix, each counted
+    by result; a second refresh adds only what is new, and a new Monitor (a
+    restarted daemon) starts from the recorded total."""
+    from phishgate.daemon.quarantine_cli import cmd_delete, cmd_purge, cmd_release
+
+    config = parse_config(
+        f'[storage]\nstate_dir = "{tmp_path}"\n'
+        f'[proxy]\nreinject = "127.0.0.1:{_closed_port()}"\n'
+        f'[quarantine]\npostfix_config_dir = "{tmp_path / "no-postfix"}"\n',
+        "t",
+    )
+    store = QuarantineStore(tmp_path, retention_days=0)
+    kept, deleted, expired = (store.put(b"Subject: x\n\nbody\n") for _ in range(3))
+    assert cmd_delete(config, [deleted, "no-such-entry"]) == 1
+    metrics = Metrics()
+    monitor = Monitor(metrics, None)
+    monitor.refresh(config, BUNDLED.version)
+    ops = "phishgate_quarantine_operations_total"
+    assert _value(metrics, ops, operation="delete", result="ok") == 1
+    assert _value(metrics, ops, operation="delete", result="failed") == 1
+    assert _value(metrics, ops, operation="release", result="ok") == 0
+
+    assert cmd_release(config, [kept]) == 1  # nothing listens on the port
+    assert cmd_purge(config) == 0  # retention 0: both held entries expire
+    monitor.refresh(config, BUNDLED.version)
+    assert _value(metrics, ops, operation="release", result="failed") == 1
+    assert _value(metrics, ops, operation="purge", result="ok") == 2
+    assert _value(metrics, ops, operation="delete", result="ok") == 1
+    assert expired not in {e.id for e in store.entries()}
+
+    restarted = Metrics()
+    Monitor(restarted, None).refresh(config, BUNDLED.version)
+    assert _value(restarted, ops, operation="purge", result="ok") == 2
+    capsys.readouterr()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
