@@ -1,7 +1,8 @@
 """URLs: find them in text, split them, and judge their hosts.
 
-Registered domains come from tldextract's bundled public-suffix snapshot;
-it is never asked to fetch a fresh list, so scanning does no network I/O.
+Registered domains come from the ICANN section of the public suffix list
+that ships inside the ``publicsuffixlist`` package; it is never fetched at
+run time, so scanning does no network I/O.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
-import tldextract
+from publicsuffixlist import PublicSuffixList
 
 from .brands import BRAND_DOMAINS, BRAND_NAMES, REDIRECTOR_HOSTS, SHORTENER_DOMAINS
 
 __all__ = ["Link", "UrlInfo", "find_urls", "org_domain", "skeleton", "url_info"]
 
-_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+# Private-section suffixes (blogspot.com, github.io ...) are not suffixes
+# here, and an unknown TLD has no registered domain: the host stands alone.
+_SUFFIXES = PublicSuffixList(only_icann=True, accept_unknown=False)
 
 _URL_IN_TEXT = re.compile(
     r"""(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>"'\]\)\}|\\^`]{2,2000}""", re.I
@@ -74,10 +77,7 @@ def org_domain(host: str) -> str:
         return ""
     if _is_ip(host):
         return host
-    parts = _EXTRACT(host)
-    if parts.domain and parts.suffix:
-        return f"{parts.domain}.{parts.suffix}"
-    return host
+    return _SUFFIXES.privatesuffix(host) or host
 
 
 def _is_ip(host: str) -> bool:
