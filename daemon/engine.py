@@ -91,6 +91,8 @@ WARMUP_TIMEOUT_S = 120.0
 IGNORED_IN_WORKERS = (signal.SIGINT, signal.SIGHUP)
 RESTART_DELAY_S = 5.0
 """Pause before starting a worker again after one could not start."""
+RESTART_MAX_DELAY_S = 300.0
+"""The longest pause, after failures in a row (each doubles it)."""
 IN_FLIGHT_PER_WORKER = 1
 """Scans sent to a worker before it answers; the rest wait in the daemon."""
 JOIN_TIMEOUT_S = 10.0
@@ -108,6 +110,11 @@ class ScanEngine(Protocol):
     """Runs ``Scanner.scan`` somewhere and says which model it uses."""
 
     model_version: str
+
+    @property
+    def queued(self) -> int:
+        """Scans waiting for a free worker (not those running)."""
+        ...
 
     async def scan(self, raw: bytes, mail_from: str) -> ScanResult: ...
 
@@ -230,6 +237,11 @@ class ThreadEngine:
         self._executor: Executor = ThreadPoolExecutor(
             threads, thread_name_prefix="scan"
         )
+
+    @property
+    def queued(self) -> int:
+        """Always 0: scans wait in the executor and count as in flight."""
+        return 0
 
     async def scan(self, raw: bytes, mail_from: str) -> ScanResult:
         loop = asyncio.get_running_loop()
@@ -424,14 +436,18 @@ class _Worker:
         return started_ok and not self.task.done()
 
     @property
-    def free(self) -> bool:
-        """Ready, running and with room for another scan."""
+    def running(self) -> bool:
+        """Ready (its model loaded) and its process not ended."""
         return (
             self.ready.done()
             and self.ready.exception() is None
             and not self.task.done()
-            and len(self.pending) < IN_FLIGHT_PER_WORKER
         )
+
+    @property
+    def free(self) -> bool:
+        """Ready, running and with room for another scan."""
+        return self.running and len(self.pending) < IN_FLIGHT_PER_WORKER
 
     def submit(self, job: _Job) -> None:
         """Send one scan; its answer settles ``job.future``."""
@@ -496,10 +512,11 @@ class _Worker:
                 self._engine.dispatch()
             elif kind == "ready":
                 self.ready.set_result(value)
-                self._engine.dispatch()
+                self._engine.started(self)
             else:
                 self.ready.set_exception(value)
                 self._fail(BrokenProcessPool(f"scan worker could not start: {value}"))
+                self._engine.staged(self.slot, "stage-failed", (None, value))
                 self._engine.start_failed(self, value)
                 return
 
@@ -585,6 +602,7 @@ class ProcessEngine:
         self._tokens = itertools.count(1)
         self._staging: tuple[int, dict[int, asyncio.Future[str]]] | None = None
         self._replaced_in_swap = False
+        self._start_failures = [0] * processes  # in a row, per slot
 
     @property
     def pids(self) -> list[int]:
@@ -624,6 +642,8 @@ class ProcessEngine:
     async def scan(self, raw: bytes, mail_from: str) -> ScanResult:
         if self.closing:
             raise BrokenProcessPool("scan engine closed")
+        if self._serving and not any(w.alive for w in self._workers):
+            raise BrokenProcessPool("no scan worker running")
         job = _Job(raw, mail_from)
         self._queue.append(job)
         self.dispatch()
@@ -652,6 +672,8 @@ class ProcessEngine:
         """
         model_dir = serving_model_dir(config)
         await check_model(config, model_dir)
+        if not all(w.running for w in self._workers):
+            raise ModelError("a scan worker is not running (restarting); try again")
         token = next(self._tokens)
         loop = asyncio.get_running_loop()
         waiting = {w.slot: loop.create_future() for w in self._workers}
@@ -669,9 +691,16 @@ class ProcessEngine:
                 )
             if self._replaced_in_swap:  # its new worker loaded the old model
                 raise ModelError("a scan worker was restarted during the swap")
-        except BaseException:
+        except BaseException as exc:
             for worker in self._workers:
                 worker.control(("drop", token))
+            if isinstance(exc, TimeoutError):
+                raise ModelError(
+                    f"a scan worker did not load the model in {WARMUP_TIMEOUT_S:.0f} s"
+                ) from exc
+            if isinstance(exc, BrokenProcessPool):
+                why = f"a scan worker stopped during the swap: {exc}"
+                raise ModelError(why) from exc
             raise
         finally:
             self._staging = None
@@ -720,12 +749,18 @@ class ProcessEngine:
         )
         self._start_in(dead.slot)
 
+    def started(self, worker: _Worker) -> None:
+        """A worker has loaded the model and takes scans."""
+        self._start_failures[worker.slot] = 0
+        self.dispatch()
+
     def start_failed(self, worker: _Worker, error: object) -> None:
         """A replacement worker could not load the model: try again later.
 
         Scans wait for a worker while one is starting or running; with none,
-        they fail now (and follow ``[policy] on_error``) instead of waiting
-        out their timeout.
+        they fail at once (and follow ``[policy] on_error``) instead of
+        waiting out their timeout. Each failure in a row doubles the wait
+        before the next try, up to ``RESTART_MAX_DELAY_S``.
         """
         if (
             not self._serving
@@ -733,22 +768,31 @@ class ProcessEngine:
             or self._workers[worker.slot] is not worker
         ):
             return  # start() reports a first start's failure itself
+        failures = self._start_failures[worker.slot] = (
+            self._start_failures[worker.slot] + 1
+        )
+        delay = min(RESTART_DELAY_S * 2 ** (failures - 1), RESTART_MAX_DELAY_S)
         log.error(
             "scan worker process %d could not start (%s); trying again in %.0f s",
             worker.pid,
             error,
-            RESTART_DELAY_S,
+            delay,
         )
         self._fail_queue_if_none_alive()
-        asyncio.get_running_loop().call_later(RESTART_DELAY_S, self._restart, worker)
+        asyncio.get_running_loop().call_later(delay, self._restart, worker)
 
     def _restart(self, failed: _Worker) -> None:
         if not self.closing and self._workers[failed.slot] is failed:
             self._start_in(failed.slot)
 
     def _start_in(self, slot: int) -> None:
-        if self._staging is not None:
+        if self._staging is not None:  # the new worker loads the old model
             self._replaced_in_swap = True
+            waiting = self._staging[1].get(slot)
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(
+                    ModelError("a scan worker was restarted during the swap")
+                )
         self._workers[slot] = _Worker(self, slot)
 
     def _fail_queue_if_none_alive(self) -> None:

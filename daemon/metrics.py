@@ -172,7 +172,7 @@ class Metrics:
             registry=r,
         )
         self.quarantine_operations = Counter(
-            "phishgate_quarantine_operations",
+            "phishgate_quarantine_operations_total",
             "Admin operations on held mail (phishgate quarantine release, "
             "delete, purge, digest), store and hold queue, by result.",
             ["operation", "result"],

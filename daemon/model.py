@@ -334,8 +334,8 @@ class Model:
         model_text: str,
     ) -> None:
         self.native = native
-        # The model text is not kept: 2.6 MB in every scanning process, read
-        # only by ``booster`` (training, tests), which reads the file again.
+        # No copy of the model text (2.6 MB in every scanning process):
+        # ``booster`` (training, tests) reads the file when it is asked for.
         self.explainer = PathExplainer(
             model_text,
             native.num_feature,

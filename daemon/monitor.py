@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import sqlite3
 import subprocess
 import sys
 import time
@@ -55,6 +56,7 @@ class Monitor:
     def refresh(self, config: Config, model_version: str) -> list[DriftReport]:
         """One round: read, set the gauges, act on drift; returns the reports."""
         db_path = config.state_dir / DB_NAME
+        self.count_operations(db_path)
         meta = served_meta(config, model_version)
         self.metrics.model_created.set(created_timestamp(meta))
         reports = drift_reports(
@@ -69,19 +71,23 @@ class Monitor:
             live_quality(db_path, config.drift.labels_window_days * 86400)
         )
         self.metrics.quarantine_messages.set(held_count(db_path))
-        self._count_operations(db_path)
         self._reap_retrain()
         self._act(config, reports)
         return reports
 
-    def _count_operations(self, db_path: Path) -> None:
-        """Bring the operations counter up to the rows the CLI recorded.
+    def count_operations(self, db_path: Path) -> None:
+        """Bring the operations counter up to the totals the CLI keeps.
 
-        The rows are the record, so after a restart the counter starts at
-        their total, never below what Prometheus saw before.
+        The daemon calls this once before it serves metrics, so after a
+        restart the counter starts at the kept total, not at 0.
         """
+        try:
+            totals = operation_counts(db_path)
+        except sqlite3.Error as exc:  # a busy or damaged file: next round
+            log.warning("quarantine operation counts unreadable: %s", exc)
+            return
         counter = self.metrics.quarantine_operations
-        for (operation, result), total in operation_counts(db_path).items():
+        for (operation, result), total in totals.items():
             child = counter.labels(operation=operation, result=result)
             seen = self._operations_seen.get((operation, result), 0)
             if total > seen:

@@ -17,16 +17,17 @@ Schema (table ``quarantine``, same database as the verdict log)::
     phish REAL   reasons TEXT (JSON)   model_version TEXT   path TEXT
     expires REAL   state TEXT (held | released | deleted)
 
-and the admin's operations on it and on the hold queue (``quarantine_ops``;
-the CLI writes them, the daemon counts them for its metrics)::
+and how many of the admin's operations on it and on the hold queue ended
+how (``quarantine_op_counts``; the CLI adds to them, the daemon exports
+them; what each operation was is in the CLI's log)::
 
-    time REAL   operation TEXT (release | delete | purge | digest)
-    entry TEXT (id, queue id or digest recipient)
-    location TEXT (store | hold | "")   result TEXT (ok | failed)
+    operation TEXT (release | delete | purge | digest)
+    result TEXT (ok | failed)   count INTEGER
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -37,7 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,13 +67,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_state_time ON quarantine (state, time);
 CREATE INDEX IF NOT EXISTS quarantine_expires ON quarantine (expires);
-CREATE TABLE IF NOT EXISTS quarantine_ops (
-    time REAL, operation TEXT, entry TEXT, location TEXT, result TEXT
+CREATE TABLE IF NOT EXISTS quarantine_op_counts (
+    operation TEXT, result TEXT, count INTEGER NOT NULL,
+    PRIMARY KEY (operation, result)
 );
 """
 OPERATIONS = ("release", "delete", "purge", "digest")
-"""What ``phishgate quarantine`` does to held mail, each recorded in
-``quarantine_ops`` (one row per entry, or per digest mailed) and counted by
+"""What ``phishgate quarantine`` does to held mail, each counted in
+``quarantine_op_counts`` (per entry, or per digest mailed) and exported by
 the daemon as ``phishgate_quarantine_operations_total``."""
 
 
@@ -128,23 +130,28 @@ class QuarantineStore:
         self._local = threading.local()
         self._dir_sync: ThreadPoolExecutor | None = None
         self._dir_sync_lock = threading.Lock()
+        self._closed = False
         with self._connect() as conn:
             conn.executescript(SCHEMA)
 
     def close(self) -> None:
-        """Stop the directory-fsync threads (a put after this starts new ones)."""
+        """Stop the directory-fsync threads; a later put syncs in its own thread."""
         with self._dir_sync_lock:
+            self._closed = True
             pool, self._dir_sync = self._dir_sync, None
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def _sync_pool(self) -> ThreadPoolExecutor:
+    def _sync_dir_aside(self, directory: Path) -> Future[None] | None:
+        """Start fsyncing *directory* in a helper thread; None once closed."""
         with self._dir_sync_lock:
+            if self._closed:
+                return None
             if self._dir_sync is None:
                 self._dir_sync = ThreadPoolExecutor(
                     2, thread_name_prefix="quarantine-fsync"
                 )
-            return self._dir_sync
+            return self._dir_sync.submit(_sync_dir, directory)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.db_path), timeout=30.0)
@@ -167,22 +174,26 @@ class QuarantineStore:
         entry_id = new_id()
         path = self.path_for(entry_id)
         _write_file(path, raw)
-        dir_synced = self._sync_pool().submit(_sync_dir, path.parent)
+        dir_synced: Future[None] | None = None
         indexed = False
         try:
+            dir_synced = self._sync_dir_aside(path.parent)
             self._index(entry_id, path, fields)
             indexed = True
-            dir_synced.result()  # raises the fsync's OSError, if any
+            if dir_synced is None:
+                _sync_dir(path.parent)
+            else:
+                dir_synced.result()  # raises the fsync's OSError, if any
         except BaseException:
             # The caller answers 4xx and the sender's MTA keeps the message:
             # no half-stored entry may stay behind to be listed or released.
-            if not indexed:
+            if dir_synced is not None and not indexed:
                 dir_synced.exception()  # wait; its error, if any, is moot
-            self._forget(entry_id, path, indexed)
+            self._forget(entry_id, path, indexed, fields.get("queue_id", ""))
             raise
         return entry_id
 
-    def _forget(self, entry_id: str, path: Path, indexed: bool) -> None:
+    def _forget(self, entry_id: str, path: Path, indexed: bool, queue_id: str) -> None:
         """Undo a failed put: its row, then its file; best effort."""
         try:
             if indexed:
@@ -190,7 +201,12 @@ class QuarantineStore:
                     conn.execute("DELETE FROM quarantine WHERE id = ?", (entry_id,))
             path.unlink(missing_ok=True)
         except (OSError, sqlite3.Error) as exc:
-            log.error("quarantine: could not undo failed put of %s: %s", entry_id, exc)
+            log.error(
+                "queue_id=%s: quarantine: could not undo the failed put of %s: %s",
+                queue_id or "-",
+                entry_id,
+                exc,
+            )
 
     def _index(self, entry_id: str, path: Path, fields: dict[str, Any]) -> None:
         now = time.time()
@@ -252,16 +268,18 @@ class QuarantineStore:
         if state != "held":
             entry.path.unlink(missing_ok=True)
 
-    def record(self, operation: str, entry: str, location: str, ok: bool) -> None:
-        """Note an admin operation for the daemon's metrics; never raises."""
+    def count(self, operation: str, ok: bool) -> None:
+        """Count an admin operation for the daemon's metrics; never raises."""
+        result = "ok" if ok else "failed"
         try:
-            with self._connect() as conn:
+            with contextlib.closing(self._connect()) as conn, conn:
                 conn.execute(
-                    "INSERT INTO quarantine_ops VALUES (?, ?, ?, ?, ?)",
-                    (time.time(), operation, entry, location, "ok" if ok else "failed"),
+                    "INSERT INTO quarantine_op_counts VALUES (?, ?, 1) "
+                    "ON CONFLICT (operation, result) DO UPDATE SET count = count + 1",
+                    (operation, result),
                 )
         except sqlite3.Error as exc:  # the operation itself is done or reported
-            log.warning("quarantine: %s of %s not recorded: %s", operation, entry, exc)
+            log.warning("quarantine: %s (%s) not counted: %s", operation, result, exc)
 
     def purge(self, now: float | None = None) -> list[str]:
         """Delete held entries past their expiry; returns their ids."""
@@ -270,10 +288,16 @@ class QuarantineStore:
             rows = conn.execute(
                 "SELECT id FROM quarantine WHERE state = 'held' AND expires < ?", (now,)
             ).fetchall()
-        expired = [row["id"] for row in rows]
-        for entry_id in expired:
-            self.mark(entry_id, "deleted")
-            self.record("purge", entry_id, "store", ok=True)
+        expired = []
+        for row in rows:
+            try:
+                self.mark(row["id"], "deleted")
+            except (OSError, sqlite3.Error) as exc:
+                log.error("quarantine: purge of %s failed: %s", row["id"], exc)
+                self.count("purge", ok=False)
+                continue
+            self.count("purge", ok=True)
+            expired.append(row["id"])
         return expired
 
 
@@ -364,14 +388,13 @@ def held_count(db_path: Path) -> int:
 
 
 def operation_counts(db_path: Path) -> dict[tuple[str, str], int]:
-    """Recorded admin operations by (operation, result); empty before any."""
+    """Counted admin operations by (operation, result); empty before any."""
     if not db_path.exists():
         return {}
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10.0)
     try:
         rows = conn.execute(
-            "SELECT operation, result, COUNT(*) FROM quarantine_ops "
-            "GROUP BY operation, result"
+            "SELECT operation, result, count FROM quarantine_op_counts"
         ).fetchall()
     except sqlite3.OperationalError:  # no table yet
         return {}

@@ -180,20 +180,25 @@ def cmd_release(config: Config, ids: list[str]) -> int:
     store, failed = _store(config), 0
     held = {h["id"]: h for h in hold_entries(config)}
     for entry_id in ids:
-        where = "hold" if entry_id in held else "store"
         try:
             _release_one(config, store, held, entry_id)
+        except KeyError:
+            print(
+                f"phishgate: quarantine: release {entry_id}: no such held message",
+                file=sys.stderr,
+            )
+            failed += 1  # a mistyped id: nothing was tried, nothing to count
         except (
             OSError,
+            sqlite3.Error,
             smtplib.SMTPException,
             subprocess.SubprocessError,
-            KeyError,
         ) as exc:
             print(f"phishgate: quarantine: release {entry_id}: {exc}", file=sys.stderr)
-            store.record("release", entry_id, where, ok=False)
+            store.count("release", ok=False)
             failed += 1
         else:
-            store.record("release", entry_id, where, ok=True)
+            store.count("release", ok=True)
     return 1 if failed else 0
 
 
@@ -237,15 +242,20 @@ def cmd_delete(config: Config, ids: list[str]) -> int:
     store, failed = _store(config), 0
     held = {h["id"] for h in hold_entries(config)}
     for entry_id in ids:
-        where = "hold" if entry_id in held else "store"
         try:
             _delete_one(config, store, held, entry_id)
-        except (OSError, subprocess.SubprocessError, KeyError) as exc:
+        except KeyError:
+            print(
+                f"phishgate: quarantine: delete {entry_id}: no such held message",
+                file=sys.stderr,
+            )
+            failed += 1  # a mistyped id: nothing was tried, nothing to count
+        except (OSError, sqlite3.Error, subprocess.SubprocessError) as exc:
             print(f"phishgate: quarantine: delete {entry_id}: {exc}", file=sys.stderr)
-            store.record("delete", entry_id, where, ok=False)
+            store.count("delete", ok=False)
             failed += 1
         else:
-            store.record("delete", entry_id, where, ok=True)
+            store.count("delete", ok=True)
     return 1 if failed else 0
 
 
@@ -295,10 +305,10 @@ def cmd_digest(config: Config, since: float, dry_run: bool) -> int:
             _send_digest(config, sender, rcpt, message)
         except (OSError, smtplib.SMTPException) as exc:
             print(f"phishgate: quarantine digest to {rcpt}: {exc}", file=sys.stderr)
-            store.record("digest", rcpt, "", ok=False)
+            store.count("digest", ok=False)
             failed += 1
             continue
-        store.record("digest", rcpt, "", ok=True)
+        store.count("digest", ok=True)
         log.info("quarantine: digest of %d entries sent to %s", len(items), rcpt)
     return 1 if failed else 0
 

@@ -52,7 +52,7 @@ from .proxy import ProxyHandler, ProxyServer
 from .quarantine import QuarantineStore, store_decision
 from .reload import ModelWatcher
 from .systemd import notify, ping_watchdog, watchdog_interval
-from .verdictlog import VerdictLog
+from .verdictlog import DB_NAME, VerdictLog
 
 __all__ = ["Daemon", "run"]
 
@@ -92,13 +92,10 @@ class Daemon:
         self.verdict_log.start()
         pipeline = Pipeline(config, engine, self.metrics, self.verdict_log)
         self.pipeline = pipeline
-        # A thread engine has no queue of its own: its waiting scans are
-        # the executor's, counted by in-flight.
-        self.metrics.scan_queue.set_function(
-            lambda: getattr(pipeline.engine, "queued", 0)
-        )
+        self.metrics.scan_queue.set_function(lambda: pipeline.engine.queued)
         self.metrics.set_model(engine.model_version)
         self.metrics.build.info({"version": _version()})
+        self.monitor.count_operations(state_dir / DB_NAME)
         if config.metrics.listen:
             self.metrics.serve(config.metrics.listen)
         self.store = QuarantineStore(state_dir, config.quarantine.retention_days)

@@ -7,11 +7,18 @@ not root). With ``CI=true`` they fail instead, so CI never passes by skipping.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from postfixlab import LabFactory, PostfixLab, unavailable_reason
+
+# A config without [storage] state_dir uses the user's state folder: point
+# it at a fresh one, so models or logs of a phishgate run by hand on this
+# machine (an activated model, say) never reach the tests, nor the tests' it.
+os.environ.pop("STATE_DIRECTORY", None)
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="phishgate-tests-state-")
 
 
 def _in_ci() -> bool:

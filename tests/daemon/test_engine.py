@@ -356,41 +356,58 @@ def test_workers_that_cannot_start_fail_scans_at_once_and_are_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed workers whose model file broke meanwhile cannot start again:
-    scans then fail at once (and follow on_error) instead of waiting out
-    their timeout, and the workers start once the model is loadable again."""
-    monkeypatch.setattr("phishgate.daemon.engine.RESTART_DELAY_S", 0.5)
+    while none runs, a scan fails at once (and follows on_error) instead of
+    waiting out the restart pause, a swap is refused at once, and the workers
+    start once the model is loadable again."""
+    monkeypatch.setattr("phishgate.daemon.engine.RESTART_DELAY_S", 2.0)
     model = _model_copy(tmp_path, "v-restart")
     good = (model / "model.txt").read_bytes()
     config = parse_config(f'[daemon]\nworkers = 2\n[model]\npath = "{model}"\n', "t")
+    next_model = _model_copy(tmp_path, "v-next")
+    other = parse_config(
+        f'[daemon]\nworkers = 2\n[model]\npath = "{next_model}"\n', "t"
+    )
     message = as_bytes(plain())
 
-    async def run() -> tuple[str, str]:
+    async def run() -> tuple[str, float, str, str]:
         engine = await make_engine(config)
         assert isinstance(engine, ProcessEngine)
         try:
             (model / "model.txt").write_text("not a model\n")
-            old = set(engine.pids)
-            for pid in old:
+            for pid in engine.pids:
                 os.kill(pid, signal.SIGKILL)
-            while old & set(engine.pids):  # until both are being replaced
+            deadline = time.monotonic() + 60
+            while any(w.alive for w in engine._workers):  # both failed to start
+                assert time.monotonic() < deadline, "replacements never failed"
                 await asyncio.sleep(0.01)
+            started = time.monotonic()
             with pytest.raises(BrokenProcessPool) as failed:
                 await asyncio.wait_for(engine.scan(message, ""), 30)
+            waited = time.monotonic() - started
+            with pytest.raises(ModelError) as refused:
+                await asyncio.wait_for(engine.swap(other), 30)
             (model / "model.txt").write_bytes(good)
-            deadline = time.monotonic() + 60
             while True:
                 try:
                     result = await asyncio.wait_for(engine.scan(message, ""), 30)
-                    return str(failed.value), result.verdict.model_version
+                    break
                 except BrokenProcessPool:
                     assert time.monotonic() < deadline, "no worker within 60 s"
                     await asyncio.sleep(0.2)
+            return (
+                str(failed.value),
+                waited,
+                str(refused.value),
+                result.verdict.model_version,
+            )
         finally:
             engine.close()
             await engine.wait_closed()
 
-    error, version = asyncio.run(run())
+    error, waited, refused, version = asyncio.run(run())
     assert "no scan worker running" in error
+    assert waited < 0.5  # not the 2 s pause before the next start
+    assert "not running" in refused
     assert version == "v-restart"
 
 

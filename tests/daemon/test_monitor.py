@@ -124,8 +124,9 @@ def test_quarantine_operations_are_counted_from_what_the_cli_recorded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Deletes, a purge and a release that cannot reach Postfix, each counted
-    by result; a second refresh adds only what is new, and a new Monitor (a
-    restarted daemon) starts from the recorded total."""
+    by result (a mistyped id is not an operation); a second refresh adds only
+    what is new, and a new Monitor (a restarted daemon) starts from the kept
+    totals."""
     from phishgate.daemon.quarantine_cli import cmd_delete, cmd_purge, cmd_release
 
     config = parse_config(
@@ -142,7 +143,7 @@ def test_quarantine_operations_are_counted_from_what_the_cli_recorded(
     monitor.refresh(config, BUNDLED.version)
     ops = "phishgate_quarantine_operations_total"
     assert _value(metrics, ops, operation="delete", result="ok") == 1
-    assert _value(metrics, ops, operation="delete", result="failed") == 1
+    assert _value(metrics, ops, operation="delete", result="failed") == 0  # mistyped
     assert _value(metrics, ops, operation="release", result="ok") == 0
 
     assert cmd_release(config, [kept]) == 1  # nothing listens on the port
@@ -154,7 +155,7 @@ def test_quarantine_operations_are_counted_from_what_the_cli_recorded(
     assert expired not in {e.id for e in store.entries()}
 
     restarted = Metrics()
-    Monitor(restarted, None).refresh(config, BUNDLED.version)
+    Monitor(restarted, None).count_operations(tmp_path / "phishgate.db")
     assert _value(restarted, ops, operation="purge", result="ok") == 2
     capsys.readouterr()
 

@@ -17,8 +17,8 @@ _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 @given(st.lists(st.sampled_from([b"\r", b"\n", b"a", b":", b" "]), max_size=40))
 def test_header_end_is_the_first_blank_line(pieces: list[bytes]) -> None:
-    """The same offset as the regular expression it replaces, on any mix of
-    CR, LF and text."""
+    """The offset of the first ``\\r?\\n\\r?\\n``, on any mix of CR, LF
+    and text."""
     raw = b"".join(pieces)
     match = _BLANK_LINE.search(raw)
     assert header_end(raw) == (match.start() if match else -1)

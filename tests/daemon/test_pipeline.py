@@ -397,6 +397,7 @@ class GatedEngine:
     def __init__(self, scanner: Scanner, version: str) -> None:
         self.scanner = scanner
         self.model_version = version
+        self.queued = 0
         self.gate = asyncio.Event()
         self.closed = False
 

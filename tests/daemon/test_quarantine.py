@@ -146,3 +146,29 @@ def test_esmtp_parameters_keep_their_case() -> None:
         "TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d.example"
     )
     assert params[1] == "ORCPT=rfc822;c@d.example"
+
+
+def test_put_whose_row_cannot_be_written_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A locked or full database fails the put and takes the file back out."""
+    store = QuarantineStore(tmp_path)
+
+    def index(*args: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "_index", index)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.put(as_bytes(phish()), recipients=["ann@example.org"])
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+
+
+def test_put_after_close_is_still_durable(tmp_path: Path) -> None:
+    """A put that comes after close (a proxy session finishing during
+    shutdown) syncs the directory itself and is indexed."""
+    store = QuarantineStore(tmp_path)
+    store.close()
+    entry_id = store.put(as_bytes(phish()), recipients=["ann@example.org"])
+    (entry,) = list(store.entries())
+    assert entry.id == entry_id and entry.path.is_file()
+    assert store._dir_sync is None  # no new threads after close
