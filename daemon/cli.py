@@ -21,6 +21,7 @@ from .config import ConfigError
 from .model import Model, ModelError
 from .scanner import Scanner
 from .sources import iter_messages
+from .verdictlog import ACTIONS
 
 __all__ = ["main"]
 
@@ -68,7 +69,7 @@ def _add_config_option(p: Any) -> None:
 
 
 def _add_serve(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the daemon (milter and metrics)")
+    p = sub.add_parser("serve", help="run the daemon (milter, proxy and metrics)")
     _add_config_option(p)
     p.set_defaults(func=cmd_serve)
 
@@ -84,9 +85,7 @@ def _add_log(sub: Any) -> None:
     p = sub.add_parser("log", help="show recent verdicts")
     _add_config_option(p)
     p.add_argument("--since", metavar="WHEN", help="e.g. 1h, 30m, 2d, or an ISO time")
-    p.add_argument(
-        "--action", choices=["accept", "tag", "quarantine", "reject", "tempfail"]
-    )
+    p.add_argument("--action", choices=ACTIONS)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_log)

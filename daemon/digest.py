@@ -83,7 +83,7 @@ def digest_message(
     lines += [
         "If one of them is a message you expected, ask your mail administrator",
         "to release it and quote its id. Do not ask the sender to resend it.",
-        f"Held messages are deleted after {retention_days} days.",
+        f"Ask within {retention_days} days: held messages may be deleted after that.",
     ]
     domain = sender.rpartition("@")[2] or "localhost"
     head = (

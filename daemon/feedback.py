@@ -61,7 +61,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REFUSALS = {
-    "unauthenticated": "reports are accepted only from authenticated users",
+    "unauthenticated": (
+        "reports are accepted only from authenticated users and trusted networks"
+    ),
     "rate-limited": "too many reports in the last hour",
     "no-original": "no forwarded message found; forward it as an attachment",
     "not-recipient": "you were not a recipient of the reported message",

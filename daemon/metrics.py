@@ -17,10 +17,10 @@ from prometheus_client import (
 
 from .feedback import REFUSALS
 from .quarantine import OPERATIONS
+from .verdictlog import ACTIONS
 
 __all__ = ["Metrics"]
 
-ACTIONS = ("accept", "tag", "quarantine", "reject", "tempfail", "report")
 STAGES = ("parse", "features", "model", "total")
 
 STAGE_BUCKETS = (
@@ -98,7 +98,8 @@ class Metrics:
         )
         self.config_reloads = Counter(
             "phishgate_config_reloads_total",
-            "Configuration reloads, by result (ok, refused).",
+            "Reloads of the configuration and the active model (SIGHUP, "
+            "systemctl reload, or a new model activated), by result.",
             ["result"],
             registry=r,
         )

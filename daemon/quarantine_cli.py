@@ -152,15 +152,27 @@ def cmd_list(config: Config, as_json: bool) -> int:
 
 
 def cmd_show(config: Config, entry_id: str, raw: bool) -> int:
+    """An entry's verdict and headers (the whole message with *raw*), from the
+    store or from Postfix's hold queue."""
     entry = _store(config).get(entry_id)
-    if entry is None:
-        print(f"phishgate: quarantine: no entry {entry_id}", file=sys.stderr)
-        return 1
-    data = entry.path.read_bytes()
+    row: dict[str, Any]
+    if entry is not None:
+        row, data = entry.as_json(), entry.path.read_bytes()
+    else:
+        held = [h for h in hold_entries(config) if h["id"] == entry_id]
+        if not held:
+            print(f"phishgate: quarantine: no entry {entry_id}", file=sys.stderr)
+            return 1
+        try:
+            data = _postfix(config, "postcat", "-bh", "-q", entry_id)
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"phishgate: quarantine: show {entry_id}: {exc}", file=sys.stderr)
+            return 1
+        (row,) = with_verdicts(config, held)
     if raw:
         sys.stdout.buffer.write(data)
         return 0
-    print(json.dumps(entry.as_json(), indent=1, ensure_ascii=False))
+    print(json.dumps(row, indent=1, ensure_ascii=False))
     headers = BytesHeaderParser(policy=compat32).parsebytes(data)
     for key, value in headers.items():
         print(f"{key}: {value}")

@@ -20,12 +20,14 @@ Signal handlers only set an event or schedule a task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -97,7 +99,8 @@ class Daemon:
         self.metrics.build.info({"version": _version()})
         self.monitor.count_operations(state_dir / DB_NAME)
         if config.metrics.listen:
-            self.metrics.serve(config.metrics.listen)
+            with _naming("metrics.listen", config.metrics.listen):
+                self.metrics.serve(config.metrics.listen)
         self.store = QuarantineStore(state_dir, config.quarantine.retention_days)
         store = self.store
         front = MilterFrontDoor(
@@ -122,7 +125,8 @@ class Daemon:
             options,
             socket_mode=int(config.milter.socket_mode, 8),
         )
-        await self.milter.start()
+        with _naming("milter.listen", config.milter.listen):
+            await self.milter.start()
         milter = self.milter
         self.metrics.milter_connections.set_function(lambda: milter.connections)
         if config.proxy.listen:
@@ -152,11 +156,13 @@ class Daemon:
         self._watchdog_task = loop.create_task(ping_watchdog(interval))
 
     async def _watch_drift(self) -> None:
-        """Refresh drift, live quality and store gauges every ``interval_s``."""
+        """Every ``interval_s``: remove expired quarantine entries, then
+        refresh drift, live quality and store gauges."""
         loop = asyncio.get_running_loop()
         while True:
             version = self._pipeline().engine.model_version
             try:
+                await loop.run_in_executor(None, self._expire_quarantine)
                 await loop.run_in_executor(
                     None, self.monitor.refresh, self.config, version
                 )
@@ -164,6 +170,14 @@ class Daemon:
                 log.exception("monitoring refresh failed")
             # a schedule, not synchronisation
             await asyncio.sleep(self.config.drift.interval_s)
+
+    def _expire_quarantine(self) -> None:
+        """Enforce ``[quarantine] retention_days`` on phishgate's own store."""
+        if self.store is None:
+            return
+        removed = self.store.purge()
+        if removed:
+            log.info("quarantine: %d expired entries removed", len(removed))
 
     async def _start_proxy(self, config: Config) -> None:
         host, _, port = config.proxy.reinject.rpartition(":")
@@ -179,7 +193,8 @@ class Daemon:
             hostname=config.proxy.hostname,
             max_message_bytes=config.proxy.max_message_bytes,
         )
-        await self.proxy.start()
+        with _naming("proxy.listen", config.proxy.listen):
+            await self.proxy.start()
 
     def _pipeline(self) -> Pipeline:
         assert self.pipeline is not None  # set by startup()
@@ -385,6 +400,16 @@ def configure_logging(config: Config) -> None:
     # several lines per proxied message, so only at debug.
     smtp_level = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
     logging.getLogger(AIOSMTPD_LOGGER).setLevel(smtp_level)
+
+
+@contextlib.contextmanager
+def _naming(key: str, address: str) -> Iterator[None]:
+    """Say which listener failed: "[Errno 98] Address already in use" alone
+    does not tell an admin which of three addresses is taken."""
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, f"{key} = {address!r}: {exc.strerror or exc}") from exc
 
 
 def run(config_path: str | None) -> int:

@@ -38,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import sqlite_utils
 
-__all__ = ["VerdictLog", "read_verdicts", "winning_labels"]
+__all__ = ["ACTIONS", "DB_NAME", "VerdictLog", "read_verdicts", "winning_labels"]
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "phishgate.db"
+ACTIONS = ("accept", "tag", "quarantine", "reject", "tempfail", "report")
+"""What a verdict row's ``action`` can be."""
 BATCH_ROWS = 200
 BATCH_SECONDS = 0.2
 COLUMNS: dict[str, type] = {

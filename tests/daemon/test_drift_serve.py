@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 import smtplib
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 
 import pytest
 from mailfactory import as_bytes, phish, plain
 from phishgate.daemon.drift import DRIFT_FEATURE_NAMES
+from phishgate.daemon.quarantine import QuarantineStore
 from postfixlab import free_ports, wait_for
 from serve_process import ServeProcess, toml_table
 from smtpsink import Sink
@@ -106,3 +109,30 @@ def test_drift_gauges_move_when_a_shifted_stream_is_fed(daemon: ServeProcess) ->
     )
     assert daemon.metric("phishgate_model_created_timestamp_seconds") > 0
     assert daemon.metric("phishgate_live_labelled_messages") == 0
+
+
+def test_expired_quarantine_entries_are_removed_by_the_daemon(
+    daemon: ServeProcess,
+) -> None:
+    """Retention is enforced without anyone running ``quarantine purge``: an
+    entry past its expiry goes (file and listing), a fresh one stays, and
+    the removal is counted."""
+    store = QuarantineStore(daemon.state_dir)
+    old, fresh = (store.put(as_bytes(phish()), queue_id=q) for q in ("OLD", "NEW"))
+    with sqlite3.connect(daemon.state_dir / "phishgate.db") as conn:
+        conn.execute(
+            "UPDATE quarantine SET expires = ? WHERE id = ?", (time.time() - 1, old)
+        )
+    old_path = store.path_for(old)
+    wait_for(lambda: not old_path.exists(), GAUGE_TIMEOUT, "expired entry removed")
+    assert [e.id for e in store.entries()] == [fresh]
+    wait_for(
+        lambda: (
+            daemon.metric(
+                "phishgate_quarantine_operations_total", operation="purge", result="ok"
+            )
+            == 1
+        ),
+        GAUGE_TIMEOUT,
+        "purge counted",
+    )

@@ -488,19 +488,25 @@ def test_postfix_restart_between_messages(
 def test_milter_hold_listed_and_released(
     lab: PostfixLab, lifecycle: ServeProcess
 ) -> None:
-    """quarantine = "hold": the held message is listed (where=hold) and released."""
+    """quarantine = "hold": the held message is listed (where=hold), shown
+    with its verdict and headers, and released."""
     daemon, msgid, rcpt = running(lifecycle), message_id(), recipient("hold.test")
     queue_id = send(lab.milter_smtp_port, as_bytes(phish(msgid=msgid)), [rcpt])
     lab.wait_queue(lambda e: e["queue_id"] == queue_id and e["queue_name"] == "hold")
     (row,) = daemon.wait_rows(message_id=msgid)
 
     (entry,) = [e for e in quarantine_list(daemon) if e["id"] == queue_id]
+    shown = daemon.run_cli("quarantine", "show", queue_id).stdout
+    raw = daemon.run_cli("quarantine", "show", "--raw", queue_id).stdout
     out = daemon.run_cli("quarantine", "release", queue_id).stdout
     delivered = delivered_raw(lab, rcpt)
     labels = db_rows(daemon, "SELECT * FROM labels WHERE message_id = ?", msgid)
     assert set(entry) >= LIST_KEYS and entry["where"] == "hold"
     assert entry["recipients"] == [rcpt] and entry["phish"] == row["phish"]
     assert entry["reasons"] == json.loads(row["reasons"])
+    assert '"where": "hold"' in shown and f"Message-ID: {msgid}" in shown
+    assert f'"phish": {row["phish"]}' in shown
+    assert header(raw.encode(), "X-Phishgate-Verdict").endswith(" action=quarantine")
     assert out == f"released {queue_id}\n"
     assert header(delivered, "X-Phishgate-Verdict").endswith(" action=quarantine")
     assert [(r["label"], r["source"]) for r in labels] == [("ham", "admin-release")]

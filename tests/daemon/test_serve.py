@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -71,3 +72,25 @@ def test_bad_config_one_line_on_stderr(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1 and "policy.on_error" in err
+
+
+def test_a_taken_address_is_named(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A listener that cannot bind stops serve with status 1, naming its key
+    and address (not only "Address already in use")."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "phishgate.toml"
+        path.write_text(
+            "[daemon]\nworkers = 1\n"
+            f'[milter]\nlisten = "inet:127.0.0.1:{port}"\n'
+            '[proxy]\nlisten = ""\n[metrics]\nlisten = ""\n'
+            f'[storage]\nstate_dir = "{tmp_path / "state"}"\n'
+        )
+        assert run(str(path)) == 1
+    err = capfd.readouterr().err
+    assert f"milter.listen = 'inet:127.0.0.1:{port}'" in err
+    assert "address already in use" in err.lower()
