@@ -69,6 +69,7 @@ __all__ = [
     "check_model",
     "checked_scanner",
     "make_engine",
+    "restart_delay",
 ]
 
 log = logging.getLogger(__name__)
@@ -672,7 +673,7 @@ class ProcessEngine:
         """
         model_dir = serving_model_dir(config)
         await check_model(config, model_dir)
-        if not all(w.running for w in self._workers):
+        if not self.all_running:
             raise ModelError("a scan worker is not running (restarting); try again")
         token = next(self._tokens)
         loop = asyncio.get_running_loop()
@@ -713,6 +714,11 @@ class ProcessEngine:
     def queued(self) -> int:
         """Scans waiting for a free worker."""
         return len(self._queue)
+
+    @property
+    def all_running(self) -> bool:
+        """Every worker has its model loaded and runs (none restarting)."""
+        return all(w.running for w in self._workers)
 
     def dispatch(self) -> None:
         """Hand queued scans to free workers, oldest first."""
@@ -771,7 +777,7 @@ class ProcessEngine:
         failures = self._start_failures[worker.slot] = (
             self._start_failures[worker.slot] + 1
         )
-        delay = min(RESTART_DELAY_S * 2 ** (failures - 1), RESTART_MAX_DELAY_S)
+        delay = restart_delay(failures)
         log.error(
             "scan worker process %d could not start (%s); trying again in %.0f s",
             worker.pid,
@@ -788,11 +794,6 @@ class ProcessEngine:
     def _start_in(self, slot: int) -> None:
         if self._staging is not None:  # the new worker loads the old model
             self._replaced_in_swap = True
-            waiting = self._staging[1].get(slot)
-            if waiting is not None and not waiting.done():
-                waiting.set_exception(
-                    ModelError("a scan worker was restarted during the swap")
-                )
         self._workers[slot] = _Worker(self, slot)
 
     def _fail_queue_if_none_alive(self) -> None:
@@ -825,6 +826,12 @@ class ProcessEngine:
     async def wait_closed(self) -> None:
         """After :meth:`close`: wait until every worker has answered and exited."""
         await asyncio.gather(*(worker.task for worker in self._workers))
+
+
+def restart_delay(failures: int) -> float:
+    """The pause before the next start after *failures* failed ones in a row."""
+    doublings = min(max(failures - 1, 0), 16)  # 2**16 * 5 s is past the cap
+    return float(min(RESTART_DELAY_S * 2**doublings, RESTART_MAX_DELAY_S))
 
 
 def worker_count(config: Config) -> int:

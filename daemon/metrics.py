@@ -174,8 +174,8 @@ class Metrics:
         )
         self.quarantine_operations = Counter(
             "phishgate_quarantine_operations_total",
-            "Admin operations on held mail (phishgate quarantine release, "
-            "delete, purge, digest), store and hold queue, by result.",
+            "Operations on held mail (phishgate quarantine release, delete, "
+            "purge, digest; the daemon's own expiry counts as purge), by result.",
             ["operation", "result"],
             registry=r,
         )

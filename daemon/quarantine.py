@@ -268,37 +268,54 @@ class QuarantineStore:
         if state != "held":
             entry.path.unlink(missing_ok=True)
 
-    def count(self, operation: str, ok: bool) -> None:
+    def count(self, operation: str, ok: bool, times: int = 1) -> None:
         """Count an admin operation for the daemon's metrics; never raises."""
         result = "ok" if ok else "failed"
         try:
             with contextlib.closing(self._connect()) as conn, conn:
                 conn.execute(
-                    "INSERT INTO quarantine_op_counts VALUES (?, ?, 1) "
-                    "ON CONFLICT (operation, result) DO UPDATE SET count = count + 1",
-                    (operation, result),
+                    "INSERT INTO quarantine_op_counts VALUES (?, ?, ?) ON CONFLICT "
+                    "(operation, result) DO UPDATE SET count = count + excluded.count",
+                    (operation, result, times),
                 )
         except sqlite3.Error as exc:  # the operation itself is done or reported
             log.warning("quarantine: %s (%s) not counted: %s", operation, result, exc)
 
-    def purge(self, now: float | None = None) -> list[str]:
-        """Delete held entries past their expiry; returns their ids."""
+    def purge(
+        self, retention_days: float | None = None, now: float | None = None
+    ) -> list[str]:
+        """Delete entries held longer than *retention_days* (the store's own
+        setting when None), in one transaction; returns their ids.
+
+        The age counts from when each was stored, so a retention raised
+        since then keeps older entries too. An entry released or deleted
+        meanwhile is left as it is. The files go after the commit; one that
+        cannot be removed is logged and left for the next purge to miss (its
+        row says deleted).
+        """
         now = time.time() if now is None else now
-        with self._connect() as conn:
+        days = self.retention_s / 86400 if retention_days is None else retention_days
+        with contextlib.closing(self._connect()) as conn, conn:
             rows = conn.execute(
-                "SELECT id FROM quarantine WHERE state = 'held' AND expires < ?", (now,)
+                "UPDATE quarantine SET state = 'deleted' "
+                "WHERE state = 'held' AND time < ? RETURNING id, path, queue_id",
+                (now - days * 86400,),
             ).fetchall()
-        expired = []
+        removed = []
         for row in rows:
             try:
-                self.mark(row["id"], "deleted")
-            except (OSError, sqlite3.Error) as exc:
-                log.error("quarantine: purge of %s failed: %s", row["id"], exc)
-                self.count("purge", ok=False)
-                continue
-            self.count("purge", ok=True)
-            expired.append(row["id"])
-        return expired
+                Path(row["path"]).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error(
+                    "queue_id=%s: quarantine: purged %s, but its file stays: %s",
+                    row["queue_id"] or "-",
+                    row["id"],
+                    exc,
+                )
+            removed.append(row["id"])
+        if removed:
+            self.count("purge", ok=True, times=len(removed))
+        return removed
 
 
 def _entry(row: sqlite3.Row) -> QuarantineEntry:

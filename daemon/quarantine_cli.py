@@ -156,6 +156,9 @@ def cmd_show(config: Config, entry_id: str, raw: bool) -> int:
     store or from Postfix's hold queue."""
     entry = _store(config).get(entry_id)
     row: dict[str, Any]
+    if entry is not None and entry.state != "held":
+        print(f"phishgate: quarantine: {entry_id} was {entry.state}", file=sys.stderr)
+        return 1
     if entry is not None:
         row, data = entry.as_json(), entry.path.read_bytes()
     else:
@@ -221,10 +224,21 @@ def _release_one(
     if entry is not None and entry.state == "held":
         data = entry.path.read_bytes()
         _reinject(config, entry, data)
-        record_label(
-            config.state_dir, data, "ham", "admin-release", message_id=entry.message_id
-        )
+        # Delivered: from here on a failure must not leave it held, or a
+        # second release would deliver it twice.
         store.mark(entry_id, "released")
+        try:
+            record_label(
+                config.state_dir,
+                data,
+                "ham",
+                "admin-release",
+                message_id=entry.message_id,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            log.warning(
+                "released %s, but its ham label was not recorded: %s", entry_id, exc
+            )
     elif entry_id in held:
         data = _postfix(config, "postcat", "-bh", "-q", entry_id)
         _postfix(config, "postsuper", "-H", entry_id)
@@ -344,7 +358,11 @@ def _send_digest(config: Config, sender: str, rcpt: str, message: bytes) -> None
 
 
 def cmd_purge(config: Config) -> int:
-    removed = _store(config).purge()
+    try:
+        removed = _store(config).purge()
+    except sqlite3.Error as exc:
+        print(f"phishgate: quarantine: purge: {exc}", file=sys.stderr)
+        return 1
     print(f"purged {len(removed)} expired entries")
     return 0
 

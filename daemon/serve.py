@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -163,6 +164,9 @@ class Daemon:
             version = self._pipeline().engine.model_version
             try:
                 await loop.run_in_executor(None, self._expire_quarantine)
+            except (OSError, sqlite3.Error) as exc:  # next round tries again
+                log.error("quarantine: expiry failed: %s", exc)
+            try:
                 await loop.run_in_executor(
                     None, self.monitor.refresh, self.config, version
                 )
@@ -175,7 +179,7 @@ class Daemon:
         """Enforce ``[quarantine] retention_days`` on phishgate's own store."""
         if self.store is None:
             return
-        removed = self.store.purge()
+        removed = self.store.purge(self.config.quarantine.retention_days)
         if removed:
             log.info("quarantine: %d expired entries removed", len(removed))
 
@@ -250,18 +254,21 @@ class Daemon:
 
         Worker processes load it beside the old one and switch in place
         (starting new processes would take seconds of CPU from the scans in
-        flight); otherwise it is checked in a low-priority process of its
-        own, then loaded by the new workers, or, with one worker, in a
-        thread here while the loop keeps serving mail.
+        flight) when all of them run; otherwise it is checked in a
+        low-priority process of its own, then loaded by new workers, or,
+        with one worker, in a thread here while the loop keeps serving mail.
         """
         assert self.pipeline is not None
         current = self.pipeline.engine
         if (
             isinstance(current, ProcessEngine)
             and worker_count(config) == current.processes
+            and current.all_running
         ):
             await current.swap(config)
             return current
+        # Otherwise new workers: also the way out when the serving model no
+        # longer loads and its workers keep failing to restart.
         await check_model(config, serving_model_dir(config))
         if worker_count(config) >= 2:
             return await make_engine(config)  # the new workers load their own

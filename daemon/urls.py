@@ -23,6 +23,9 @@ __all__ = ["Link", "UrlInfo", "find_urls", "org_domain", "skeleton", "url_info"]
 # Private-section suffixes (blogspot.com, github.io ...) are not suffixes
 # here, and an unknown TLD has no registered domain: the host stands alone.
 _SUFFIXES = PublicSuffixList(only_icann=True, accept_unknown=False)
+# Dots a browser also takes as label separators (IDNA), which phishers use
+# to hide the real domain: "paypal.com\u3002evil.com" is evil.com.
+_DOTS = str.maketrans(dict.fromkeys("\u3002\uff0e\uff61", "."))
 
 _URL_IN_TEXT = re.compile(
     r"""(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>"'\]\)\}|\\^`]{2,2000}""", re.I
@@ -77,7 +80,10 @@ def org_domain(host: str) -> str:
         return ""
     if _is_ip(host):
         return host
-    return _SUFFIXES.privatesuffix(host) or host
+    # Labels count from the right, up to an empty one: "a..example.com"
+    # is example.com, "a..com" has no registered domain.
+    tail = host.translate(_DOTS).strip(".").rsplit("..", 1)[-1]
+    return _SUFFIXES.privatesuffix(tail) or host
 
 
 def _is_ip(host: str) -> bool:

@@ -120,9 +120,8 @@ def test_expired_quarantine_entries_are_removed_by_the_daemon(
     store = QuarantineStore(daemon.state_dir)
     old, fresh = (store.put(as_bytes(phish()), queue_id=q) for q in ("OLD", "NEW"))
     with sqlite3.connect(daemon.state_dir / "phishgate.db") as conn:
-        conn.execute(
-            "UPDATE quarantine SET expires = ? WHERE id = ?", (time.time() - 1, old)
-        )
+        month_ago = time.time() - 31 * 86400
+        conn.execute("UPDATE quarantine SET time = ? WHERE id = ?", (month_ago, old))
     old_path = store.path_for(old)
     wait_for(lambda: not old_path.exists(), GAUGE_TIMEOUT, "expired entry removed")
     assert [e.id for e in store.entries()] == [fresh]

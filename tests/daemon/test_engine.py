@@ -451,3 +451,12 @@ def test_a_worker_restarted_during_a_swap_refuses_the_swap(tmp_path: Path) -> No
     assert "restarted during the swap" in error
     assert serving == _bundled_version()
     assert seen == {_bundled_version()}
+
+
+def test_restart_pause_doubles_up_to_its_cap() -> None:
+    """5 s, then 10, 20 ...; never above the cap, also after days of failures."""
+    from phishgate.daemon.engine import RESTART_MAX_DELAY_S, restart_delay
+
+    assert [restart_delay(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert restart_delay(7) == RESTART_MAX_DELAY_S
+    assert restart_delay(10**6) == RESTART_MAX_DELAY_S  # no OverflowError

@@ -18,7 +18,7 @@ from phishgate.daemon.auth import (
 )
 from phishgate.daemon.features import FEATURE_NAMES, FeatureExtractor, Features
 from phishgate.daemon.message import parse_message
-from phishgate.daemon.urls import lookalike_of, skeleton
+from phishgate.daemon.urls import lookalike_of, org_domain, skeleton
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -314,3 +314,23 @@ def test_unsubscribe_is_found_case_insensitively(text: str) -> None:
     also for the letters that fold differently (long s, dotted and dotless i)."""
     assert brands.UNSUBSCRIBE.search(text)
     assert brands.mentions_unsubscribe(text)
+
+
+@pytest.mark.parametrize(
+    ("host", "domain"),
+    [
+        ("a.b.Example.CO.UK", "example.co.uk"),
+        ("x.blogspot.com", "blogspot.com"),  # private suffixes are not suffixes
+        ("paypal.com\u3002evil.com", "evil.com"),  # ideographic full stop
+        ("paypal.com\uff0eevil.com", "evil.com"),  # fullwidth full stop
+        ("example.com\u3002", "example.com"),
+        ("a..example.com", "example.com"),
+        ("a..com", "a..com"),  # no registered domain: the host stands
+        ("foo.bar.unknowntld", "foo.bar.unknowntld"),
+        ("192.0.2.7", "192.0.2.7"),
+    ],
+)
+def test_registered_domain_sees_through_odd_dots(host: str, domain: str) -> None:
+    """The registered domain, also where the dots are not ASCII full stops
+    (a phishing trick: browsers take them as dots) or a label is empty."""
+    assert org_domain(host) == domain

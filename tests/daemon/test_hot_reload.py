@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -40,3 +43,29 @@ def test_corrupt_model_pointer_is_refused(daemon: ServeProcess) -> None:
     assert served_version(daemon) == bundled
     assert daemon.metric("phishgate_config_reloads_total", result="refused") >= 1
     assert daemon.metric("phishgate_model_reloads_total", result="refused") >= 1
+
+
+def test_a_reload_recovers_workers_whose_model_broke_on_disk() -> None:
+    """The served model's files break and its workers die: they cannot
+    restart, and an in-place swap cannot reach them. A rollback still gets
+    a working daemon: the reload starts new workers on the good model."""
+    (milter_port,) = free_ports(1)
+    with ServeProcess(milter_port, daemon={"workers": 2}) as daemon:
+        bundled = served_version(daemon)
+        served = publish_model_copy(daemon.state_dir, NEW_VERSION)
+        daemon.run_cli("model", "activate", NEW_VERSION)
+        wait_for(lambda: served_version(daemon) == NEW_VERSION, 30, "new model")
+        (served / "model.txt").write_text("not a model\n")
+        workers = subprocess.run(
+            ["pgrep", "-P", str(daemon.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(workers) == 2
+        for pid in workers:
+            os.kill(int(pid), signal.SIGKILL)
+        daemon.wait_log("could not start", timeout=30, count=2)
+
+        daemon.run_cli("model", "rollback")
+
+        wait_for(lambda: served_version(daemon) == bundled, 60, "bundled again")
+        daemon.wait_log("scan worker processes ready", timeout=60, count=2)
+        assert daemon.metric("phishgate_model_reloads_total", result="ok") == 2

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import math
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -135,8 +136,10 @@ def test_quarantine_operations_are_counted_from_what_the_cli_recorded(
         f'[quarantine]\npostfix_config_dir = "{tmp_path / "no-postfix"}"\n',
         "t",
     )
-    store = QuarantineStore(tmp_path, retention_days=0)
+    store = QuarantineStore(tmp_path)
     kept, deleted, expired = (store.put(b"Subject: x\n\nbody\n") for _ in range(3))
+    with sqlite3.connect(tmp_path / "phishgate.db") as conn:  # older than 30 days
+        conn.execute("UPDATE quarantine SET time = time - 31 * 86400")
     assert cmd_delete(config, [deleted, "no-such-entry"]) == 1
     metrics = Metrics()
     monitor = Monitor(metrics, None)
@@ -147,7 +150,7 @@ def test_quarantine_operations_are_counted_from_what_the_cli_recorded(
     assert _value(metrics, ops, operation="release", result="ok") == 0
 
     assert cmd_release(config, [kept]) == 1  # nothing listens on the port
-    assert cmd_purge(config) == 0  # retention 0: both held entries expire
+    assert cmd_purge(config) == 0  # both held entries are past 30 days
     monitor.refresh(config, BUNDLED.version)
     assert _value(metrics, ops, operation="release", result="failed") == 1
     assert _value(metrics, ops, operation="purge", result="ok") == 2

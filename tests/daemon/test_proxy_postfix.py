@@ -410,7 +410,7 @@ def test_delete_and_purge_remove_file_and_row_state(
     ]
     db = served.state_dir / "phishgate.db"
     with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn, conn:
-        conn.execute("UPDATE quarantine SET expires = 1 WHERE id = ?", (expired["id"],))
+        conn.execute("UPDATE quarantine SET time = 1 WHERE id = ?", (expired["id"],))
 
     deleted = served.run_cli("quarantine", "delete", doomed["id"]).stdout
     purged = served.run_cli("quarantine", "purge").stdout

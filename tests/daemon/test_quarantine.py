@@ -98,16 +98,25 @@ def test_mark_deleted_removes_the_file(tmp_path: Path) -> None:
 
 
 def test_purge_removes_only_expired(tmp_path: Path) -> None:
-    """Purge deletes entries past retention and leaves fresh ones."""
+    """Purge deletes entries held longer than the retention it is given (a
+    raised retention keeps them), leaves fresh ones, and never turns a
+    released entry into a deleted one."""
     store = QuarantineStore(tmp_path, retention_days=1)
     old = store.put(b"Subject: old\r\n\r\n")
     fresh = store.put(b"Subject: new\r\n\r\n")
+    released = store.put(b"Subject: released\r\n\r\n")
+    store.mark(released, "released")
     with sqlite3.connect(tmp_path / "phishgate.db") as conn:
         conn.execute(
-            "UPDATE quarantine SET expires = ? WHERE id = ?", (time.time() - 1, old)
+            "UPDATE quarantine SET time = ? WHERE id IN (?, ?)",
+            (time.time() - 2 * 86400, old, released),
         )
+    assert store.purge(retention_days=3) == []
     assert store.purge() == [old]
+    assert not store.path_for(old).exists()
     assert [e.id for e in store.entries()] == [fresh]
+    assert store.get(released) is not None
+    assert store.get(released).state == "released"  # type: ignore[union-attr]
 
 
 def test_labels_are_stored_with_their_source(tmp_path: Path) -> None:
@@ -163,12 +172,37 @@ def test_put_whose_row_cannot_be_written_leaves_no_file(
     assert [p for p in store.root.rglob("*") if p.is_file()] == []
 
 
-def test_put_after_close_is_still_durable(tmp_path: Path) -> None:
+def test_put_after_close_is_still_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A put that comes after close (a proxy session finishing during
     shutdown) syncs the directory itself and is indexed."""
+    import phishgate.daemon.quarantine as quarantine
+
+    synced: list[Path] = []
+    real_sync = quarantine._sync_dir
+    monkeypatch.setattr(
+        quarantine, "_sync_dir", lambda d: (synced.append(d), real_sync(d))[1]
+    )
     store = QuarantineStore(tmp_path)
     store.close()
     entry_id = store.put(as_bytes(phish()), recipients=["ann@example.org"])
     (entry,) = list(store.entries())
     assert entry.id == entry_id and entry.path.is_file()
+    assert synced == [entry.path.parent]
     assert store._dir_sync is None  # no new threads after close
+
+
+def test_show_of_an_entry_no_longer_held_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id from an old digest, released or purged since: a plain answer."""
+    from phishgate.daemon.config import parse_config
+    from phishgate.daemon.quarantine_cli import cmd_show
+
+    store = QuarantineStore(tmp_path)
+    entry_id = store.put(as_bytes(phish()), recipients=["ann@example.org"])
+    store.mark(entry_id, "released")
+    config = parse_config(f'[storage]\nstate_dir = "{tmp_path}"\n', "t")
+    assert cmd_show(config, entry_id, raw=False) == 1
+    assert f"{entry_id} was released" in capsys.readouterr().err
