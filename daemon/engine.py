@@ -720,6 +720,11 @@ class ProcessEngine:
         """Every worker has its model loaded and runs (none restarting)."""
         return all(w.running for w in self._workers)
 
+    @property
+    def start_failing(self) -> bool:
+        """A worker could not load the model at its last start."""
+        return any(self._start_failures)
+
     def dispatch(self) -> None:
         """Hand queued scans to free workers, oldest first."""
         queue = self._queue

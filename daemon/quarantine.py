@@ -15,7 +15,8 @@ Schema (table ``quarantine``, same database as the verdict log)::
     id TEXT PRIMARY KEY   time REAL   time_iso TEXT   front_door TEXT
     queue_id TEXT   message_id TEXT   sender TEXT   recipients TEXT (JSON)
     phish REAL   reasons TEXT (JSON)   model_version TEXT   path TEXT
-    expires REAL   state TEXT (held | released | deleted)
+    expires REAL (retention at store time; purge uses the one in force)
+    state TEXT (held | released | deleted)
 
 and how many of the admin's operations on it and on the hold queue ended
 how (``quarantine_op_counts``; the CLI adds to them, the daemon exports
@@ -268,6 +269,31 @@ class QuarantineStore:
         if state != "held":
             entry.path.unlink(missing_ok=True)
 
+    def claim(self, entry_id: str, state: str) -> bool:
+        """Move a held entry to *state* unless someone else moved it first.
+
+        Whoever claims an entry owns its release or deletion, so two admins
+        releasing the same entry deliver it once. Its file stays until the
+        caller :meth:`finish` es (or :meth:`unclaim` s on failure).
+        """
+        with contextlib.closing(self._connect()) as conn, conn:
+            moved = conn.execute(
+                "UPDATE quarantine SET state = ? WHERE id = ? AND state = 'held'",
+                (state, entry_id),
+            ).rowcount
+        return moved == 1
+
+    def unclaim(self, entry_id: str) -> None:
+        """Hold a claimed entry again (its release failed)."""
+        with contextlib.closing(self._connect()) as conn, conn:
+            conn.execute(
+                "UPDATE quarantine SET state = 'held' WHERE id = ?", (entry_id,)
+            )
+
+    def finish(self, entry: QuarantineEntry) -> None:
+        """Remove a claimed entry's file."""
+        entry.path.unlink(missing_ok=True)
+
     def count(self, operation: str, ok: bool, times: int = 1) -> None:
         """Count an admin operation for the daemon's metrics; never raises."""
         result = "ok" if ok else "failed"
@@ -290,22 +316,41 @@ class QuarantineStore:
         The age counts from when each was stored, so a retention raised
         since then keeps older entries too. An entry released or deleted
         meanwhile is left as it is. The files go after the commit; one that
-        cannot be removed is logged and left for the next purge to miss (its
-        row says deleted).
+        cannot be removed is logged and counted as a failed purge (its row
+        says deleted; remove the file by hand).
         """
         now = time.time() if now is None else now
         days = self.retention_s / 86400 if retention_days is None else retention_days
-        with contextlib.closing(self._connect()) as conn, conn:
+        # One write transaction from the SELECT on (BEGIN IMMEDIATE), so a
+        # release between the two statements waits; no UPDATE ... RETURNING,
+        # which needs SQLite 3.35.
+        conn = self._connect()
+        conn.isolation_level = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
             rows = conn.execute(
-                "UPDATE quarantine SET state = 'deleted' "
-                "WHERE state = 'held' AND time < ? RETURNING id, path, queue_id",
+                "SELECT id, path, queue_id FROM quarantine "
+                "WHERE state = 'held' AND time < ?",
                 (now - days * 86400,),
             ).fetchall()
-        removed = []
+            conn.executemany(
+                "UPDATE quarantine SET state = 'deleted' WHERE id = ?",
+                [(row["id"],) for row in rows],
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.count("purge", ok=False)
+            raise
+        finally:
+            conn.close()
+        removed, stuck = [], 0
         for row in rows:
             try:
                 Path(row["path"]).unlink(missing_ok=True)
             except OSError as exc:
+                stuck += 1
                 log.error(
                     "queue_id=%s: quarantine: purged %s, but its file stays: %s",
                     row["queue_id"] or "-",
@@ -313,8 +358,10 @@ class QuarantineStore:
                     exc,
                 )
             removed.append(row["id"])
-        if removed:
-            self.count("purge", ok=True, times=len(removed))
+        if len(removed) > stuck:
+            self.count("purge", ok=True, times=len(removed) - stuck)
+        if stuck:
+            self.count("purge", ok=False, times=stuck)
         return removed
 
 

@@ -223,10 +223,16 @@ def _release_one(
     entry = store.get(entry_id)
     if entry is not None and entry.state == "held":
         data = entry.path.read_bytes()
-        _reinject(config, entry, data)
-        # Delivered: from here on a failure must not leave it held, or a
-        # second release would deliver it twice.
-        store.mark(entry_id, "released")
+        # Claimed before sending: a second release (or a purge) finds it
+        # gone, so the message is delivered once; back to held if it fails.
+        if not store.claim(entry_id, "released"):
+            raise KeyError("no such held message")
+        try:
+            _reinject(config, entry, data)
+        except BaseException:
+            store.unclaim(entry_id)
+            raise
+        store.finish(entry)
         try:
             record_label(
                 config.state_dir,
@@ -290,7 +296,9 @@ def _delete_one(
 ) -> None:
     entry = store.get(entry_id)
     if entry is not None and entry.state == "held":
-        store.mark(entry_id, "deleted")
+        if not store.claim(entry_id, "deleted"):
+            raise KeyError("no such held message")
+        store.finish(entry)
     elif entry_id in held:
         _postfix(config, "postsuper", "-d", entry_id)
     else:

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -164,8 +163,8 @@ class Daemon:
             version = self._pipeline().engine.model_version
             try:
                 await loop.run_in_executor(None, self._expire_quarantine)
-            except (OSError, sqlite3.Error) as exc:  # next round tries again
-                log.error("quarantine: expiry failed: %s", exc)
+            except Exception:  # next round tries again; never stop monitoring
+                log.exception("quarantine: expiry failed")
             try:
                 await loop.run_in_executor(
                     None, self.monitor.refresh, self.config, version
@@ -254,7 +253,7 @@ class Daemon:
 
         Worker processes load it beside the old one and switch in place
         (starting new processes would take seconds of CPU from the scans in
-        flight) when all of them run; otherwise it is checked in a
+        flight) unless a worker cannot load its model; otherwise it is checked in a
         low-priority process of its own, then loaded by new workers, or,
         with one worker, in a thread here while the loop keeps serving mail.
         """
@@ -263,7 +262,7 @@ class Daemon:
         if (
             isinstance(current, ProcessEngine)
             and worker_count(config) == current.processes
-            and current.all_running
+            and not current.start_failing
         ):
             await current.swap(config)
             return current

@@ -56,9 +56,7 @@ def test_a_reload_recovers_workers_whose_model_broke_on_disk() -> None:
         daemon.run_cli("model", "activate", NEW_VERSION)
         wait_for(lambda: served_version(daemon) == NEW_VERSION, 30, "new model")
         (served / "model.txt").write_text("not a model\n")
-        workers = subprocess.run(
-            ["pgrep", "-P", str(daemon.pid)], capture_output=True, text=True
-        ).stdout.split()
+        workers = _children(daemon.pid)
         assert len(workers) == 2
         for pid in workers:
             os.kill(int(pid), signal.SIGKILL)
@@ -68,4 +66,11 @@ def test_a_reload_recovers_workers_whose_model_broke_on_disk() -> None:
 
         wait_for(lambda: served_version(daemon) == bundled, 60, "bundled again")
         daemon.wait_log("scan worker processes ready", timeout=60, count=2)
+        wait_for(lambda: len(_children(daemon.pid)) == 2, 30, "only the new workers")
         assert daemon.metric("phishgate_model_reloads_total", result="ok") == 2
+
+
+def _children(pid: int) -> list[str]:
+    return subprocess.run(
+        ["pgrep", "-P", str(pid)], capture_output=True, text=True
+    ).stdout.split()

@@ -206,3 +206,15 @@ def test_show_of_an_entry_no_longer_held_says_so(
     config = parse_config(f'[storage]\nstate_dir = "{tmp_path}"\n', "t")
     assert cmd_show(config, entry_id, raw=False) == 1
     assert f"{entry_id} was released" in capsys.readouterr().err
+
+
+def test_an_entry_is_claimed_once(tmp_path: Path) -> None:
+    """Two releases (or a release and a purge) of one entry: only the first
+    claims it; a failed release puts it back on hold."""
+    store = QuarantineStore(tmp_path)
+    entry_id = store.put(as_bytes(phish()))
+    assert store.claim(entry_id, "released")
+    assert not store.claim(entry_id, "released")
+    assert store.purge(retention_days=0, now=time.time() + 1) == []
+    store.unclaim(entry_id)
+    assert [e.id for e in store.entries()] == [entry_id]
