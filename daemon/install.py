@@ -29,7 +29,12 @@ STATE_DIR = "/var/lib/phishgate"
 
 
 def postfix_snippet(config: Config, mode: str) -> str:
-    """The main.cf (and master.cf) lines for the configured front door."""
+    """The main.cf and master.cf lines for the configured front door.
+
+    Both include the smtpd that phishgate hands its own mail to (released
+    messages from its store, digests, report receipts): with the content
+    filter it is also where scanned mail comes back.
+    """
     if mode == "milter":
         content_timeout = max(60, int(config.policy.scan_timeout_s * 3))
         listen = config.milter.listen
@@ -48,10 +53,13 @@ def postfix_snippet(config: Config, mode: str) -> str:
                 "milter_command_timeout = 30s",
                 f"milter_content_timeout = {content_timeout}s",
                 "",
+                "# /etc/postfix/master.cf: where phishgate sends mail of its own",
+                "# (store releases, digests, report receipts), not scanned again",
+                *_reinject_service(config),
+                "",
             ]
         )
     host, _, port = config.proxy.listen.rpartition(":")
-    rhost, _, rport = config.proxy.reinject.rpartition(":")
     # LMTP, not SMTP: one reply per recipient after DATA, so when one
     # recipient group cannot be re-injected only that group is retried.
     return "\n".join(
@@ -66,20 +74,28 @@ def postfix_snippet(config: Config, mode: str) -> str:
             "  -o disable_mime_output_conversion=yes",
             "  -o lmtp_generic_maps=",
             f"  -o lmtp_data_done_timeout={max(120, int(config.proxy.timeout_s * 2))}s",
-            f"{rhost}:{rport} inet  n  -  n  -  10  smtpd",
-            "  -o content_filter=",
-            "  -o receive_override_options=no_unknown_recipient_checks,"
-            "no_header_body_checks,no_milters",
-            "  -o smtpd_helo_restrictions=",
-            "  -o smtpd_client_restrictions=",
-            "  -o smtpd_sender_restrictions=",
-            "  -o smtpd_relay_restrictions=",
-            "  -o smtpd_recipient_restrictions=permit_mynetworks,reject",
-            "  -o mynetworks=127.0.0.0/8",
-            "  -o smtpd_authorized_xforward_hosts=127.0.0.0/8",
+            *_reinject_service(config),
             "",
         ]
     )
+
+
+def _reinject_service(config: Config) -> list[str]:
+    """master.cf: the loopback smtpd on ``[proxy] reinject``, no filter."""
+    host, _, port = config.proxy.reinject.rpartition(":")
+    return [
+        f"{host}:{port} inet  n  -  n  -  10  smtpd",
+        "  -o content_filter=",
+        "  -o receive_override_options=no_unknown_recipient_checks,"
+        "no_header_body_checks,no_milters",
+        "  -o smtpd_helo_restrictions=",
+        "  -o smtpd_client_restrictions=",
+        "  -o smtpd_sender_restrictions=",
+        "  -o smtpd_relay_restrictions=",
+        "  -o smtpd_recipient_restrictions=permit_mynetworks,reject",
+        "  -o mynetworks=127.0.0.0/8",
+        "  -o smtpd_authorized_xforward_hosts=127.0.0.0/8",
+    ]
 
 
 def _unit_text(name: str, executable: str) -> str:

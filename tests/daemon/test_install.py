@@ -97,6 +97,8 @@ def test_snippets_follow_the_config() -> None:
     )
     milter = postfix_snippet(config, "milter")
     assert "smtpd_milters = inet:127.0.0.1:9999" in milter
+    assert "127.0.0.1:11026 inet  n  -  n  -  10  smtpd" in milter  # its own mail
+    assert "content_filter = " not in milter.replace("-o content_filter=", "")
     content = postfix_snippet(config, "content-filter")
     assert "content_filter = phishgate:[127.0.0.1]:11025" in content
     assert "phishgate unix  -       -       n       -       10      lmtp" in content
