@@ -287,6 +287,19 @@ CASES = [
     ),
     Case("never-refused", "PhishgateConfigReloadRefused", {REFUSED: "0x40"}, "10m"),
     Case(
+        "rows-dropped",
+        "PhishgateVerdictLogDropping",
+        {f"phishgate_verdict_log_dropped_rows_total{{{SEL}}}": "0x10 200x20"},
+        "15m",
+        [MX],
+    ),
+    Case(
+        "rows-dropped-long-ago",
+        "PhishgateVerdictLogDropping",
+        {f"phishgate_verdict_log_dropped_rows_total{{{SEL}}}": "0x10 200x40"},
+        "45m",
+    ),
+    Case(
         "first-model-refusal",
         "PhishgateModelReloadRefused",
         {MODEL_REFUSED: "0x5 1x40"},
