@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     expires REAL, state TEXT
 );
 CREATE INDEX IF NOT EXISTS quarantine_state_time ON quarantine (state, time);
-CREATE INDEX IF NOT EXISTS quarantine_expires ON quarantine (expires);
+DROP INDEX IF EXISTS quarantine_expires;
 CREATE TABLE IF NOT EXISTS quarantine_op_counts (
     operation TEXT, result TEXT, count INTEGER NOT NULL,
     PRIMARY KEY (operation, result)
@@ -257,18 +257,6 @@ class QuarantineStore:
     def raw(self, entry: QuarantineEntry) -> bytes:
         return entry.path.read_bytes()
 
-    def mark(self, entry_id: str, state: str) -> None:
-        """Record a new state and remove the file once it is no longer held."""
-        entry = self.get(entry_id)
-        if entry is None:
-            raise KeyError(entry_id)
-        with self._connect() as conn:
-            conn.execute(
-                "UPDATE quarantine SET state = ? WHERE id = ?", (state, entry_id)
-            )
-        if state != "held":
-            entry.path.unlink(missing_ok=True)
-
     def claim(self, entry_id: str, state: str) -> bool:
         """Move a held entry to *state* unless someone else moved it first.
 
@@ -321,22 +309,19 @@ class QuarantineStore:
         """
         now = time.time() if now is None else now
         days = self.retention_s / 86400 if retention_days is None else retention_days
-        # One write transaction from the SELECT on (BEGIN IMMEDIATE), so a
-        # release between the two statements waits; no UPDATE ... RETURNING,
+        # One write transaction from the SELECT on (BEGIN IMMEDIATE), so the
+        # UPDATE changes exactly the rows selected; no UPDATE ... RETURNING,
         # which needs SQLite 3.35.
+        expired = "WHERE state = 'held' AND time < ?"
+        cutoff = (now - days * 86400,)
         conn = self._connect()
         conn.isolation_level = None
         try:
             conn.execute("BEGIN IMMEDIATE")
             rows = conn.execute(
-                "SELECT id, path, queue_id FROM quarantine "
-                "WHERE state = 'held' AND time < ?",
-                (now - days * 86400,),
+                f"SELECT id, path, queue_id FROM quarantine {expired}", cutoff
             ).fetchall()
-            conn.executemany(
-                "UPDATE quarantine SET state = 'deleted' WHERE id = ?",
-                [(row["id"],) for row in rows],
-            )
+            conn.execute(f"UPDATE quarantine SET state = 'deleted' {expired}", cutoff)
             conn.execute("COMMIT")
         except sqlite3.Error:
             if conn.in_transaction:

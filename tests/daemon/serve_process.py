@@ -302,3 +302,12 @@ def served_version(serve: ServeProcess) -> str:
         if name == "phishgate_model_info" and value == 1
     ]
     return versions[0] if len(versions) == 1 else ""
+
+
+def drift_psi(serve: ServeProcess) -> dict[str, float]:
+    """Every ``phishgate_drift_psi`` sample by feature (NaN: no figure yet)."""
+    return {
+        dict(labels)["feature"]: value
+        for (name, labels), value in serve.metrics().items()
+        if name == "phishgate_drift_psi"
+    }

@@ -14,7 +14,7 @@ import pytest
 from mailfactory import as_bytes, phish, plain
 from phishgate.daemon.drift import DRIFT_FEATURE_NAMES
 from postfixlab import LabFactory, PostfixLab, wait_for
-from serve_process import ServeProcess, toml_table
+from serve_process import ServeProcess, drift_psi, toml_table
 
 pytestmark = pytest.mark.postfix
 
@@ -55,14 +55,6 @@ def _send(lab: PostfixLab, messages: Iterable[bytes]) -> None:
             smtp.sendmail("bob@example.org", ["ann@drift.test"], raw)
 
 
-def _psi(serve: ServeProcess) -> dict[str, float]:
-    return {
-        dict(labels)["feature"]: value
-        for (name, labels), value in serve.metrics().items()
-        if name == "phishgate_drift_psi"
-    }
-
-
 def test_drift_gauges_move_when_postfix_feeds_a_shifted_stream(
     lab: PostfixLab, daemon: ServeProcess
 ) -> None:
@@ -75,7 +67,7 @@ def test_drift_gauges_move_when_postfix_feeds_a_shifted_stream(
     daemon.wait_rows(STREAM, timeout=TIMEOUT)
     daemon.run_cli("drift", "--baseline")
     wait_for(
-        lambda: all(not math.isnan(v) and v < 0.1 for v in _psi(daemon).values()),
+        lambda: all(not math.isnan(v) and v < 0.1 for v in drift_psi(daemon).values()),
         TIMEOUT,
         "stable against the baseline",
     )
@@ -86,7 +78,7 @@ def test_drift_gauges_move_when_postfix_feeds_a_shifted_stream(
     daemon.wait_rows(2 * STREAM, timeout=TIMEOUT)
 
     def shifted() -> dict[str, float]:
-        values = _psi(daemon)
+        values = drift_psi(daemon)
         moved = ("score", "html_present", "html_forms")
         return values if all(values[name] > 0.25 for name in moved) else {}
 

@@ -18,7 +18,7 @@ from mailfactory import as_bytes, phish, plain
 from phishgate.daemon.drift import DRIFT_FEATURE_NAMES
 from phishgate.daemon.quarantine import QuarantineStore
 from postfixlab import free_ports, wait_for
-from serve_process import ServeProcess, toml_table
+from serve_process import ServeProcess, drift_psi, toml_table
 from smtpsink import Sink
 
 STREAM = 120
@@ -64,17 +64,8 @@ def _send(serve: ServeProcess, messages: Iterable[bytes]) -> None:
             smtp.sendmail("bob@example.org", ["ann@example.org"], wire)
 
 
-def _psi(serve: ServeProcess) -> dict[str, float]:
-    """Every phishgate_drift_psi sample by feature (NaN: no figure yet)."""
-    return {
-        dict(labels)["feature"]: value
-        for (name, labels), value in serve.metrics().items()
-        if name == "phishgate_drift_psi"
-    }
-
-
 def _all_stable(serve: ServeProcess) -> bool:
-    values = _psi(serve)
+    values = drift_psi(serve)
     return len(values) == 1 + len(DRIFT_FEATURE_NAMES) and all(
         not math.isnan(v) and v < 0.1 for v in values.values()
     )
@@ -91,7 +82,7 @@ def test_drift_gauges_move_when_a_shifted_stream_is_fed(daemon: ServeProcess) ->
     daemon.wait_rows(2 * STREAM)
 
     def shifted() -> dict[str, float]:
-        values = _psi(daemon)
+        values = drift_psi(daemon)
         moved = ("score", "html_present", "html_forms", "reply_to_mismatch")
         return values if all(values[name] > 0.25 for name in moved) else {}
 

@@ -42,7 +42,7 @@ def test_refresh_sets_the_dashboard_gauges(tmp_path: Path) -> None:
     config, _ = _config(tmp_path)
     store = QuarantineStore(tmp_path)
     first, _second = (store.put(b"Subject: x\n\nbody\n") for _ in range(2))
-    store.mark(first, "released")
+    assert store.claim(first, "released")
     metrics = Metrics()
 
     Monitor(metrics, None).refresh(config, BUNDLED.version)

@@ -86,12 +86,13 @@ def test_put_that_cannot_write_leaves_nothing_behind(
     assert [p for p in store.root.rglob("*") if p.is_file()] == []
 
 
-def test_mark_deleted_removes_the_file(tmp_path: Path) -> None:
+def test_delete_keeps_the_row_and_removes_the_file(tmp_path: Path) -> None:
     """Deleting keeps the row (state deleted) and removes the file."""
     store = QuarantineStore(tmp_path)
     entry_id = store.put(b"Subject: x\r\n\r\nbody")
     path = store.path_for(entry_id)
-    store.mark(entry_id, "deleted")
+    assert store.claim(entry_id, "deleted")
+    store.finish(store.get(entry_id))  # type: ignore[arg-type]
     assert not path.exists()
     assert list(store.entries()) == []
     assert store.get(entry_id) is not None
@@ -105,7 +106,7 @@ def test_purge_removes_only_expired(tmp_path: Path) -> None:
     old = store.put(b"Subject: old\r\n\r\n")
     fresh = store.put(b"Subject: new\r\n\r\n")
     released = store.put(b"Subject: released\r\n\r\n")
-    store.mark(released, "released")
+    assert store.claim(released, "released")
     with sqlite3.connect(tmp_path / "phishgate.db") as conn:
         conn.execute(
             "UPDATE quarantine SET time = ? WHERE id IN (?, ?)",
@@ -202,7 +203,7 @@ def test_show_of_an_entry_no_longer_held_says_so(
 
     store = QuarantineStore(tmp_path)
     entry_id = store.put(as_bytes(phish()), recipients=["ann@example.org"])
-    store.mark(entry_id, "released")
+    assert store.claim(entry_id, "released")
     config = parse_config(f'[storage]\nstate_dir = "{tmp_path}"\n', "t")
     assert cmd_show(config, entry_id, raw=False) == 1
     assert f"{entry_id} was released" in capsys.readouterr().err
